@@ -1,0 +1,131 @@
+"""Routing rules: a YAML file of rules, each naming a pipeline, a model version and destinations.
+
+Example::
+
+    rules:
+      - name: lung-ct
+        priority: 10
+        match:
+          modality: [CT]
+          body_part_examined: [CHEST, LUNG]
+          series_description: "(?i)lung|chest|thorax"
+          image_type: [AXIAL]
+          min_slices: 20
+        pipeline: lung_seg
+        model: lung_seg
+        version: "1"
+        destinations: [pacs]
+    fallback: null
+
+The highest-priority matching rule wins (ties: the earlier rule in the file). A rule with
+``continue: true`` lets lower-priority rules match too, so one series can go to several models.
+``fallback`` names a rule used only when no rule matched; without one such series are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from node.errors import RoutingError
+
+__all__ = ["Match", "Rule", "RuleSet", "load_rules"]
+
+
+class Match(BaseModel):
+    """Conditions on a series; all given conditions must hold. Lists mean "any of"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modality: list[str] | None = Field(default=None, description="Modality, e.g. [CT].")
+    body_part_examined: list[str] | None = Field(default=None, description="BodyPartExamined.")
+    series_description: str | None = Field(
+        default=None, description="Regular expression searched in SeriesDescription."
+    )
+    calling_ae_title: list[str] | None = Field(default=None, description="Who sent the series.")
+    sop_class_uid: list[str] | None = Field(default=None, description="SOPClassUID of the images.")
+    image_type: list[str] | None = Field(
+        default=None, description="Values that must all appear in ImageType, e.g. [AXIAL]."
+    )
+    min_slices: int | None = Field(default=None, ge=1, description="At least this many instances.")
+    max_slices: int | None = Field(default=None, ge=1, description="At most this many instances.")
+
+    @field_validator("series_description")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+
+class Rule(BaseModel):
+    """One routing rule."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
+    priority: int = 0
+    match: Match = Field(default_factory=Match)
+    pipeline: str
+    model: str
+    version: str
+    destinations: list[str] = Field(min_length=1)
+    continue_: bool = Field(default=False, alias="continue")
+
+
+class RuleSet(BaseModel):
+    """The rules file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[Rule] = Field(default_factory=list)
+    fallback: str | None = Field(default=None, description="Name of the rule used when none match.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RuleSet:
+        names = [rule.name for rule in self.rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        if self.fallback is not None and self.fallback not in names:
+            raise ValueError(f"fallback names no rule: {self.fallback!r}")
+        return self
+
+    def ordered(self) -> list[Rule]:
+        """Rules by descending priority, file order breaking ties."""
+        return sorted(self.rules, key=lambda rule: -rule.priority)
+
+    def rule(self, name: str) -> Rule:
+        """The rule called ``name``."""
+        for rule in self.rules:
+            if rule.name == name:
+                return rule
+        raise KeyError(name)
+
+
+def load_rules(path: Path) -> RuleSet:
+    """Read and validate a rules file.
+
+    Raises
+    ------
+    RoutingError
+        If the file cannot be read or a rule is invalid; the message names the rule and key.
+    """
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise RoutingError(f"cannot read rules file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise RoutingError(f"{path} is not valid YAML: {exc}") from exc
+    try:
+        return RuleSet.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise RoutingError(f"{path}: {where or 'rules'}: {first['msg']}") from exc

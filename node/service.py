@@ -1,0 +1,139 @@
+"""The running node: wires the stages together from the settings, starts and stops them."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+from sqlalchemy.orm import Session
+
+from node.assembly.watcher import CompletenessWatcher
+from node.backends.torch import TorchBackend
+from node.config import Settings
+from node.errors import ConfigError
+from node.export.registry import build_exporters
+from node.ingest.dimse import DimseListener
+from node.jobs.queue import recover_jobs
+from node.jobs.runner import ExportRetry, JobRunner
+from node.jobs.workers import WorkerPool
+from node.logging import get_logger
+from node.pipelines.registry import PIPELINES
+from node.routing.dispatch import dispatch_series
+from node.routing.rules import RuleSet, load_rules
+from node.store.database import Database
+from node.store.index import recover_associations
+from node.store.models import Series
+from node.store.spool import Spool
+
+__all__ = ["Node", "check_rules_against_settings"]
+
+log = get_logger(__name__)
+
+
+def check_rules_against_settings(rules: RuleSet, settings: Settings) -> None:
+    """Every rule names a known pipeline, an existing model version and known destinations.
+
+    Raises
+    ------
+    ConfigError
+        Naming the rule and what it refers to that does not exist.
+    """
+    for rule in rules.rules:
+        if rule.pipeline not in PIPELINES:
+            raise ConfigError(
+                f"rule {rule.name!r}: unknown pipeline {rule.pipeline!r}", key="rules_file"
+            )
+        model_dir = settings.model_repository / rule.model / rule.version
+        if not model_dir.is_dir():
+            raise ConfigError(
+                f"rule {rule.name!r}: model {rule.model!r} version {rule.version!r} is not in "
+                f"{settings.model_repository}",
+                key="rules_file",
+            )
+        for destination in rule.destinations:
+            if destination not in settings.destinations:
+                raise ConfigError(
+                    f"rule {rule.name!r}: destination {destination!r} is not configured",
+                    key="destinations",
+                )
+
+
+class Node:
+    """One node process: listener, completeness watcher and workers over one spool and index."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rules = load_rules(settings.rules_file)
+        check_rules_against_settings(self.rules, settings)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(settings.data_dir / "spool")
+        self.db = Database(settings.index_url)
+        self.db.create_schema()
+        self.listener = DimseListener(
+            ae_title=settings.ae_title,
+            bind_address=settings.bind_address,
+            port=settings.dicom_port,
+            spool=self.spool,
+            db=self.db,
+            allowed_calling_ae_titles=settings.allowed_calling_ae_titles,
+        )
+        self.watcher = CompletenessWatcher(
+            self.db, self._route, quiet_period_s=settings.quiet_period_s
+        )
+        backend = TorchBackend(
+            settings.model_repository, num_threads=settings.torch_threads or None
+        )
+        runner = JobRunner(
+            db=self.db,
+            spool=self.spool,
+            backend=backend,
+            exporters=build_exporters(settings),
+            retry=ExportRetry(
+                max_attempts=settings.export.max_attempts,
+                backoff_initial_s=settings.export.backoff_initial_s,
+                backoff_max_s=settings.export.backoff_max_s,
+            ),
+            series_number=settings.series_number,
+        )
+        self.workers = WorkerPool(self.db, runner, size=settings.workers)
+        self._stopped = threading.Event()
+
+    def _route(self, session: Session, series: Series) -> None:
+        dispatch_series(session, series, self.rules)
+
+    def start(self) -> None:
+        """Recover what a previous process left, then start every stage."""
+        temporaries = self.spool.remove_temporaries()
+        associations = recover_associations(self.db)
+        jobs = recover_jobs(self.db)
+        log.info(
+            "node.recovered",
+            recovered={"temporary_files": temporaries, "associations": associations, "jobs": jobs},
+        )
+        self.listener.start()
+        self.watcher.start()
+        self.workers.start()
+        log.info("node.started", ae_title=self.settings.ae_title, port=self.listener.port)
+
+    def stop(self) -> None:
+        """Stop accepting, finish current work, and close the index."""
+        self.listener.stop()
+        self.watcher.stop()
+        self.workers.stop()
+        self.db.dispose()
+        self._stopped.set()
+        log.info("node.stopped")
+
+    def serve_forever(self) -> None:
+        """Start, then block until SIGINT or SIGTERM, then stop cleanly."""
+
+        def _on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("node.stopping", reason=signal.Signals(signum).name)
+            self._stopped.set()
+
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+        self.start()
+        self._stopped.wait()
+        self.stop()

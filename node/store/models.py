@@ -1,0 +1,197 @@
+"""The index's tables: associations, series, instances, jobs and their history, deliveries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Dialect,
+    Enum,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "Association",
+    "Base",
+    "Delivery",
+    "Instance",
+    "Job",
+    "JobEvent",
+    "JobState",
+    "Series",
+    "SeriesState",
+    "utcnow",
+]
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware, in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        """Store as naive UTC."""
+        if value is None:
+            return None
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        """Read back as aware UTC."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the index."""
+
+    type_annotation_map: dict[Any, Any] = {  # noqa: RUF012 - SQLAlchemy reads it as a class attr
+        dt.datetime: UTCDateTime(),
+        dict[str, Any]: JSON,
+        list[str]: JSON,
+    }
+
+
+class SeriesState(enum.StrEnum):
+    """Where a series is on its way through the node."""
+
+    RECEIVING = "receiving"
+    ROUTED = "routed"
+
+
+class JobState(enum.StrEnum):
+    """A job's state; ``done``, ``failed`` and ``rejected`` are final."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    EXPORTING = "exporting"
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether nothing more will happen to a job in this state."""
+        return self in (JobState.DONE, JobState.FAILED, JobState.REJECTED)
+
+
+class Association(Base):
+    """One DICOM association that brought instances in."""
+
+    __tablename__ = "associations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    opened_at: Mapped[dt.datetime]
+    closed_at: Mapped[dt.datetime | None]
+
+
+class Series(Base):
+    """A series being received or already handed to routing."""
+
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[SeriesState] = mapped_column(Enum(SeriesState, native_enum=False), index=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    attributes: Mapped[dict[str, Any]] = mapped_column(
+        doc="Routing attributes of the first instance (Modality, BodyPartExamined, ...)."
+    )
+    expected_count: Mapped[int | None]
+    instance_count: Mapped[int] = mapped_column(default=0)
+    first_received_at: Mapped[dt.datetime]
+    last_received_at: Mapped[dt.datetime]
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    """One received instance and where its bytes are in the spool."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    association_id: Mapped[str | None] = mapped_column(ForeignKey("associations.id"), index=True)
+    path: Mapped[str] = mapped_column(Text, doc="Relative to the spool root.")
+    size: Mapped[int]
+    received_at: Mapped[dt.datetime]
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """One pipeline run on one series, its state and its result."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("series_id", "rule_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(36), unique=True, doc="Stable across retries.")
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    rule_name: Mapped[str] = mapped_column(String(128))
+    pipeline: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(32))
+    destinations: Mapped[list[str]]
+    state: Mapped[JobState] = mapped_column(Enum(JobState, native_enum=False), index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    result_paths: Mapped[list[str]] = mapped_column(default=list)
+    not_before: Mapped[dt.datetime | None] = mapped_column(doc="Do not pick up before this time.")
+    leased_until: Mapped[dt.datetime | None] = mapped_column(
+        doc="Set while a worker holds the job; a lease left by a crash is cleared at start-up."
+    )
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    series: Mapped[Series] = relationship()
+    events: Mapped[list[JobEvent]] = relationship(order_by="JobEvent.id")
+    deliveries: Mapped[list[Delivery]] = relationship(order_by="Delivery.id")
+
+
+class JobEvent(Base):
+    """One line of a job's history."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    at: Mapped[dt.datetime]
+    state: Mapped[JobState] = mapped_column(Enum(JobState, native_enum=False))
+    message: Mapped[str] = mapped_column(Text)
+
+
+class Delivery(Base):
+    """One result object to one destination: attempts and the peer's confirmation."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("job_id", "destination", "sop_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(default=0)
+    status: Mapped[int | None] = mapped_column(doc="The peer's last DIMSE status.")
+    confirmed_at: Mapped[dt.datetime | None]
