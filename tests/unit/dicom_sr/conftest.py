@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,30 +10,8 @@ import pydicom
 import pytest
 from scipy import ndimage
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DATA_ENV = "PACS_AI_NODE_TEST_DATA"
-
-# The project is not installed in the venv and pyproject sets no pytest `pythonpath`
-# yet: make the repository's packages importable until it does.
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
 CT3_FOLDER = Path("dcmqi/ct-3slice_with_SEG/CT")
 LIDC_FOLDER = Path("fnndsc-data/LIDC-IDRI-0314_CT_chest_every5th_slice")
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """Root of the shared DICOM test data: ``$PACS_AI_NODE_TEST_DATA`` or ``../shared/data``.
-
-    A relative setting is resolved against the repository root. A missing folder fails the
-    test, never skips it.
-    """
-    setting = Path(os.environ.get(DATA_ENV, "../shared/data"))
-    root = (setting if setting.is_absolute() else REPO_ROOT / setting).resolve()
-    if not (root / "MANIFEST.md").is_file():
-        pytest.fail(f"shared test data not found at {root} (set {DATA_ENV} to its folder)")
-    return root
 
 
 def _read_sorted_series(folder: Path) -> list[pydicom.Dataset]:

@@ -1,0 +1,361 @@
+"""Lung segmentation on chest CT: a 2D per-slice U-Net, with its pre- and postprocessing.
+
+The preprocessing and postprocessing here are shared with the training script
+(``training/lung_seg/train.py`` imports this module), so the node feeds the network exactly what
+it was trained on. Everything here is numpy/scipy; the network itself runs in a backend.
+
+Steps of :meth:`LungSegmentation.run`:
+
+1. window the Hounsfield units to :data:`HU_WINDOW` and scale to ``[0, 1]``;
+2. resize every slice to :data:`INPUT_SIZE` (Gaussian anti-aliasing, then linear interpolation);
+3. ``backend.infer`` in batches of :data:`BATCH_SIZE` slices (input ``"image"``, output
+   ``"logits"``, two channels: background, lung);
+4. resize the lung-minus-background logit margin back to the slice's rows and columns (linear)
+   and threshold it at 0 (the two-class argmax);
+5. keep the largest 3D component, and the second largest when it is at least
+   :data:`SECOND_LUNG_FRACTION` of the largest (two lungs that the network did not join), then
+   fill holes smaller than :data:`MAX_HOLE_AREA_MM2` in every slice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from node.assembly.volume import AnomalyKind, Volume
+from node.backends.base import Backend
+from node.errors import NotAccepted, PipelineError
+from node.pipelines.findings import CodedConcept, Findings, LabelMap, SegmentDescription
+
+__all__ = [
+    "BATCH_SIZE",
+    "HU_WINDOW",
+    "INPUT_NAME",
+    "INPUT_SIZE",
+    "LUNG_SEGMENT",
+    "OUTPUT_NAME",
+    "LungSegmentation",
+    "fill_small_holes",
+    "keep_largest_components",
+    "logits_to_mask",
+    "postprocess",
+    "preprocess",
+    "resize_slices",
+]
+
+#: Hounsfield units mapped to 0 and 1; values outside are clipped.
+HU_WINDOW: tuple[float, float] = (-1000.0, 400.0)
+#: ``(rows, columns)`` every slice is resized to before the network.
+INPUT_SIZE: tuple[int, int] = (256, 256)
+#: Name of the network's input tensor, ``(batch, 1, rows, columns)`` float32.
+INPUT_NAME = "image"
+#: Name of the network's output tensor, ``(batch, 2, rows, columns)`` float32 logits.
+OUTPUT_NAME = "logits"
+#: Slices sent to the backend per call.
+BATCH_SIZE = 16
+#: A second 3D component is kept as the other lung when at least this fraction of the largest.
+SECOND_LUNG_FRACTION = 0.25
+#: Holes in a slice's lung mask up to this area (mm²) are filled: vessels, nodules; not the
+#: mediastinum, should the two lungs touch in front of and behind it.
+MAX_HOLE_AREA_MM2 = 2000.0
+
+#: Limits of what the model is meant for (the model card's intended use).
+MAX_TILT_DEG = 30.0
+MAX_SLICE_PIXELS = 2048
+MAX_SLICES = 2000
+MIN_SLICE_PIXELS = 64
+FIELD_OF_VIEW_MM = (280.0, 560.0)
+PIXEL_ASPECT_TOLERANCE = 0.01
+
+LUNG_SEGMENT = SegmentDescription(
+    label=1,
+    name="Lung",
+    category=CodedConcept("123037004", "SCT", "Anatomical Structure"),
+    property_type=CodedConcept("39607008", "SCT", "Lung"),
+    rgb=(128, 174, 128),
+)
+
+
+def preprocess(
+    hu: npt.NDArray[np.floating], size: tuple[int, int] = INPUT_SIZE
+) -> npt.NDArray[np.float32]:
+    """Turn CT slices in Hounsfield units into the network's input.
+
+    Parameters
+    ----------
+    hu
+        ``(slices, rows, columns)`` in Hounsfield units; any rows and columns.
+    size
+        ``(rows, columns)`` of the network input.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(slices, 1, size[0], size[1])`` float32 in ``[0, 1]``.
+    """
+    low, high = HU_WINDOW
+    scaled = (np.clip(np.asarray(hu, dtype=np.float32), low, high) - low) / (high - low)
+    return resize_slices(scaled, size)[:, np.newaxis]
+
+
+def resize_slices(
+    stack: npt.NDArray[np.floating], size: tuple[int, int]
+) -> npt.NDArray[np.float32]:
+    """Resize every slice of ``stack`` to ``size`` with linear interpolation.
+
+    Pixel areas are aligned (``grid_mode``: the image edges map to the image edges, like
+    ``align_corners=False``). When shrinking, a Gaussian with sigma ``(factor - 1) / 2`` pixels
+    is applied first against aliasing.
+
+    Parameters
+    ----------
+    stack
+        ``(slices, rows, columns)``.
+    size
+        ``(rows, columns)`` wanted.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(slices, size[0], size[1])`` float32.
+    """
+    data = np.asarray(stack, dtype=np.float32)
+    rows, cols = data.shape[1:]
+    if (rows, cols) == size:
+        return data.copy()
+    factors = (rows / size[0], cols / size[1])
+    sigmas = (0.0, max(0.0, (factors[0] - 1) / 2), max(0.0, (factors[1] - 1) / 2))
+    if sigmas[1] > 0 or sigmas[2] > 0:
+        data = ndimage.gaussian_filter(data, sigma=sigmas, mode="nearest")
+    zoomed = ndimage.zoom(
+        data,
+        (1.0, size[0] / rows, size[1] / cols),
+        order=1,
+        mode="nearest",
+        grid_mode=True,
+    )
+    return np.ascontiguousarray(zoomed, dtype=np.float32)
+
+
+def logits_to_mask(
+    logits: npt.NDArray[np.floating], shape: tuple[int, int]
+) -> npt.NDArray[np.bool_]:
+    """Two-class logits at network size → lung mask at the slices' own size.
+
+    The lung-minus-background margin is resized (linear interpolation commutes with the
+    difference, so this equals resizing both channels and taking the argmax; ties go to
+    background).
+
+    Parameters
+    ----------
+    logits
+        ``(slices, 2, rows, columns)``: channel 0 background, channel 1 lung.
+    shape
+        ``(rows, columns)`` of the original slices.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(slices, shape[0], shape[1])`` bool.
+    """
+    margin = np.asarray(logits[:, 1], dtype=np.float32) - np.asarray(logits[:, 0], np.float32)
+    return resize_slices(margin, shape) > 0
+
+
+def keep_largest_components(
+    mask: npt.NDArray[np.bool_], second_fraction: float = SECOND_LUNG_FRACTION
+) -> npt.NDArray[np.bool_]:
+    """Keep the largest 3D component, and the second if it is big enough to be the other lung.
+
+    Components are 6-connected (face neighbours) on the voxel grid.
+
+    Parameters
+    ----------
+    mask
+        ``(slices, rows, columns)`` bool.
+    second_fraction
+        The second largest component is kept when its voxel count is at least this fraction of
+        the largest one's.
+
+    Returns
+    -------
+    numpy.ndarray
+        A bool mask of the same shape; all False when ``mask`` is.
+    """
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    order = np.argsort(-sizes, kind="stable")
+    keep = [int(order[0])]
+    if count > 1 and sizes[order[1]] >= second_fraction * sizes[order[0]]:
+        keep.append(int(order[1]))
+    return np.isin(labels, keep)
+
+
+def fill_small_holes(mask: npt.NDArray[np.bool_], max_area_px: float) -> npt.NDArray[np.bool_]:
+    """Fill, slice by slice, the holes of ``mask`` no larger than ``max_area_px`` pixels.
+
+    Parameters
+    ----------
+    mask
+        ``(slices, rows, columns)`` bool.
+    max_area_px
+        Largest hole (4-connected background region not reaching the slice edge) filled.
+
+    Returns
+    -------
+    numpy.ndarray
+        A bool mask of the same shape.
+    """
+    filled = mask.copy()
+    for k in range(mask.shape[0]):
+        if not mask[k].any():
+            continue
+        holes = ndimage.binary_fill_holes(mask[k]) & ~mask[k]
+        labels, count = ndimage.label(holes)
+        if count == 0:
+            continue
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        small = np.flatnonzero(sizes <= max_area_px)
+        small = small[small > 0]
+        filled[k] |= np.isin(labels, small)
+    return filled
+
+
+def postprocess(
+    mask: npt.NDArray[np.bool_], pixel_spacing: tuple[float, float]
+) -> npt.NDArray[np.bool_]:
+    """Clean the network's lung mask: two largest 3D components, small holes filled.
+
+    Parameters
+    ----------
+    mask
+        ``(slices, rows, columns)`` bool at the original resolution.
+    pixel_spacing
+        ``(row, column)`` spacing in mm, to turn :data:`MAX_HOLE_AREA_MM2` into pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        A bool mask of the same shape.
+    """
+    kept = keep_largest_components(mask)
+    return fill_small_holes(kept, MAX_HOLE_AREA_MM2 / (pixel_spacing[0] * pixel_spacing[1]))
+
+
+class LungSegmentation:
+    """Segments both lungs on an axial chest CT, one slice at a time (label 1 = lung).
+
+    What it accepts (:meth:`check`): Modality CT; one orientation, with the slice normal within
+    :data:`MAX_TILT_DEG` of the patient's head-foot axis; square pixels, the same
+    PixelSpacing on every slice; a field of view (columns x spacing) within
+    :data:`FIELD_OF_VIEW_MM`, as in adult chest CT; 64 to 2048 pixels a side and at most
+    2000 slices.
+
+    Because the network sees one slice at a time, irregular slice spacing, missing slices,
+    duplicate positions, gantry tilt, a single slice and inconsistent FrameOfReferenceUIDs are
+    all acceptable: they change nothing within a slice. Only the 3D cleanup (keeping the largest
+    connected components) treats the stack as neighbours in index order.
+    """
+
+    name = "lung_seg"
+
+    def check(self, volume: Volume) -> None:
+        """Raise :class:`node.errors.NotAccepted` if ``volume`` is not an axial CT it can take.
+
+        Parameters
+        ----------
+        volume
+            The assembled series.
+
+        Raises
+        ------
+        NotAccepted
+            With the reason, for another modality, mixed or non-axial orientations, non-square
+            or varying pixel spacing, an unusual field of view or giant dimensions.
+        """
+        modality = volume.modality
+        if modality != "CT":
+            raise NotAccepted(f"Modality {modality!r}: lung_seg takes CT only")
+        if volume.has(AnomalyKind.MIXED_ORIENTATIONS):
+            raise NotAccepted("series mixes slice orientations (e.g. a localizer among axials)")
+        normal = np.asarray(volume.direction, dtype=np.float64)[:, 2]
+        cosine = abs(float(normal[2])) / max(float(np.linalg.norm(normal)), 1e-9)
+        tilt = math.degrees(math.acos(min(cosine, 1.0)))
+        if tilt > MAX_TILT_DEG:
+            raise NotAccepted(
+                f"slice normal is {tilt:.0f} deg from the head-foot axis: lung_seg takes axial "
+                f"slices (at most {MAX_TILT_DEG:g} deg)"
+            )
+        slices, rows, cols = volume.array.shape
+        if rows > MAX_SLICE_PIXELS or cols > MAX_SLICE_PIXELS or slices > MAX_SLICES:
+            raise NotAccepted(
+                f"{slices} slices of {rows}x{cols}: larger than lung_seg takes "
+                f"({MAX_SLICES} slices of {MAX_SLICE_PIXELS}x{MAX_SLICE_PIXELS})"
+            )
+        if rows < MIN_SLICE_PIXELS or cols < MIN_SLICE_PIXELS:
+            raise NotAccepted(f"slices of {rows}x{cols}: smaller than {MIN_SLICE_PIXELS} a side")
+        row_mm, col_mm = volume.spacing[1], volume.spacing[2]
+        if abs(row_mm - col_mm) > PIXEL_ASPECT_TOLERANCE * max(row_mm, col_mm):
+            raise NotAccepted(f"PixelSpacing {row_mm:g}\\{col_mm:g}: pixels are not square")
+        for ds in volume.datasets:
+            spacing = [float(v) for v in ds.PixelSpacing]
+            if any(
+                abs(a - b) > PIXEL_ASPECT_TOLERANCE * b
+                for a, b in zip(spacing, (row_mm, col_mm), strict=True)
+            ):
+                raise NotAccepted("PixelSpacing differs between slices")
+        fov = cols * col_mm
+        if not FIELD_OF_VIEW_MM[0] <= fov <= FIELD_OF_VIEW_MM[1]:
+            raise NotAccepted(
+                f"field of view {fov:.0f} mm is outside the {FIELD_OF_VIEW_MM[0]:g}-"
+                f"{FIELD_OF_VIEW_MM[1]:g} mm of adult chest CT that lung_seg is meant for"
+            )
+
+    def run(self, volume: Volume, backend: Backend, model: str, version: str) -> Findings:
+        """Segment the lungs of ``volume`` with ``model`` at ``version`` through ``backend``.
+
+        Parameters
+        ----------
+        volume
+            An axial CT that passed :meth:`check`.
+        backend
+            Where the network runs.
+        model, version
+            The model repository entry to run.
+
+        Returns
+        -------
+        Findings
+            One label map on the volume's grid, label 1 = lung.
+
+        Raises
+        ------
+        PipelineError
+            If the backend's output is missing or not shaped as declared.
+        """
+        slices, rows, cols = volume.array.shape
+        inputs = preprocess(volume.array)
+        chunks: list[npt.NDArray[np.bool_]] = []
+        for start in range(0, slices, BATCH_SIZE):
+            batch = inputs[start : start + BATCH_SIZE]
+            outputs = backend.infer(model, version, {INPUT_NAME: batch})
+            logits = outputs.get(OUTPUT_NAME)
+            expected = (batch.shape[0], 2, *INPUT_SIZE)
+            if logits is None or tuple(logits.shape) != expected:
+                got = None if logits is None else tuple(logits.shape)
+                raise PipelineError(
+                    f"backend output {OUTPUT_NAME!r} has shape {got}, expected {expected}"
+                )
+            chunks.append(logits_to_mask(logits, (rows, cols)))
+        mask = postprocess(np.concatenate(chunks), (volume.spacing[1], volume.spacing[2]))
+        return Findings(
+            model_name=model,
+            model_version=version,
+            label_maps=(LabelMap(array=mask.astype(np.uint8), segments=(LUNG_SEGMENT,)),),
+        )

@@ -1,0 +1,32 @@
+"""Fixtures for every test: where the shared real DICOM data is."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ENV = "PACS_AI_NODE_TEST_DATA"
+
+
+def shared_data_root() -> Path:
+    """``$PACS_AI_NODE_TEST_DATA`` (relative: to the repository root), default ``../shared/data``."""
+    setting = Path(os.environ.get(DATA_ENV, "../shared/data"))
+    return (setting if setting.is_absolute() else REPO_ROOT / setting).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the shared DICOM test data. A missing folder fails the test, never skips it."""
+    root = shared_data_root()
+    if not (root / "MANIFEST.md").is_file():
+        pytest.fail(f"shared test data not found at {root} (set {DATA_ENV} to its folder)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def lidc_dir(shared_data: Path) -> Path:
+    """The LIDC chest CT series (55 slices, a different FrameOfReferenceUID on each)."""
+    return shared_data / "fnndsc-data" / "LIDC-IDRI-0314_CT_chest_every5th_slice"

@@ -1,0 +1,107 @@
+"""End to end on real peers: Orthanc pushes the LIDC chest CT to the node, and gets a SEG back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_sr import dciodvfy_errors
+from node.assembly.volume import load_volume
+from tests.peers import Orthanc, RunningNode, start_node, start_orthanc, stop_process, wait_for
+from training.lung_seg.labels import reference_lung_mask
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    peer = start_orthanc(tmp_path / "orthanc")
+    yield peer
+    stop_process(peer.process)
+
+
+@pytest.fixture
+def node(tmp_path: Path, orthanc: Orthanc) -> Iterator[RunningNode]:
+    running = start_node(
+        tmp_path / "node",
+        allowed_calling_ae_titles=[orthanc.ae_title],
+        destinations={
+            "pacs": {"host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.ae_title}
+        },
+    )
+    yield running
+    stop_process(running.process)
+
+
+def _seg_series(orthanc: Orthanc, study_id: str) -> list[dict[str, object]]:
+    series = orthanc.request("GET", f"/studies/{study_id}/series")
+    return [s for s in series if s["MainDicomTags"].get("Modality") == "SEG"]
+
+
+def test_series_pushed_by_orthanc_comes_back_as_a_valid_lung_seg(
+    orthanc: Orthanc, node: RunningNode, lidc_dir: Path, tmp_path: Path
+) -> None:
+    files = sorted(lidc_dir.glob("*.dcm"))
+    instance_ids = orthanc.upload(files)
+    source_series = orthanc.request("GET", f"/instances/{instance_ids[0]}/series")
+    study_id = source_series["ParentStudy"]
+    orthanc.add_modality("ainode", ae_title=node.ae_title, port=node.dicom_port)
+    orthanc.request(
+        "POST", "/modalities/ainode/store",
+        {"Resources": [source_series["ID"]], "Synchronous": True},
+    )
+
+    wait_for(lambda: bool(_seg_series(orthanc, study_id)), timeout_s=240, interval_s=0.5,
+             what=f"a SEG in Orthanc (node log: {node.log_path})")
+    [seg_series] = _seg_series(orthanc, study_id)
+    [seg_instance] = seg_series["Instances"]
+    seg_path = tmp_path / "seg.dcm"
+    seg_path.write_bytes(orthanc.request("GET", f"/instances/{seg_instance}/file"))
+
+    # A valid object: dciodvfy finds no error.
+    assert dciodvfy_errors(seg_path) == []
+    seg = hd.seg.segread(seg_path)
+    volume = load_volume(files)
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert seg.StudyInstanceUID == volume.datasets[0].StudyInstanceUID
+    # It shares its Frame of Reference with the first source slice (the LIDC series has a
+    # different one on each slice; see docs/architecture.md).
+    assert seg.FrameOfReferenceUID == volume.frame_of_reference_uid
+    # Every referenced source instance exists, and the series is referenced as a whole.
+    source_uids = {str(ds.SOPInstanceUID) for ds in volume.datasets}
+    referenced = {
+        str(item.ReferencedSOPInstanceUID)
+        for series in seg.ReferencedSeriesSequence
+        for item in series.ReferencedInstanceSequence
+    }
+    assert referenced == source_uids
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == volume.series_instance_uid
+    # The model name and version are on the segment's algorithm identification.
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("lung_seg", "1")
+
+    # The mask overlaps the reference lung labels.
+    ordered_uids = [str(ds.SOPInstanceUID) for ds in volume.datasets]
+    mask = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=ordered_uids, segment_numbers=[1]
+    )[..., 0].astype(bool)
+    reference = reference_lung_mask(volume.array, volume.spacing)
+    dice = 2 * np.logical_and(mask, reference).sum() / (mask.sum() + reference.sum())
+    assert dice >= 0.9, f"Dice {dice:.3f}"
+
+    # The job is visible, done, with its delivery confirmed.
+    listing = node.cli("jobs", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert " done " in listing.stdout
+    shown = node.cli("jobs", "show", "1")
+    assert "pacs: confirmed" in shown.stdout
+    # Nothing in the node's log names the patient.
+    patient = pydicom.dcmread(files[0], stop_before_pixels=True)
+    log_text = node.log_path.read_text()
+    for identifier in (str(patient.PatientID), str(patient.StudyInstanceUID)):
+        assert identifier not in log_text
