@@ -8,6 +8,7 @@ from types import FrameType
 
 from sqlalchemy.orm import Session
 
+from node.api.app import HttpServer
 from node.assembly.watcher import CompletenessWatcher
 from node.backends.torch import TorchBackend
 from node.config import Settings
@@ -97,6 +98,7 @@ class Node:
             series_number=settings.series_number,
         )
         self.workers = WorkerPool(self.db, runner, size=settings.workers)
+        self.http = HttpServer(self.db, host=settings.bind_address, port=settings.http_port)
         self._stopped = threading.Event()
 
     def _route(self, session: Session, series: Series) -> None:
@@ -114,10 +116,12 @@ class Node:
         self.listener.start()
         self.watcher.start()
         self.workers.start()
+        self.http.start()
         log.info("node.started", ae_title=self.settings.ae_title, port=self.listener.port)
 
     def stop(self) -> None:
         """Stop accepting, finish current work, and close the index."""
+        self.http.stop()
         self.listener.stop()
         self.watcher.stop()
         self.workers.stop()
