@@ -12,7 +12,7 @@ DATA_ENV = "PACS_AI_NODE_TEST_DATA"
 
 
 def shared_data_root() -> Path:
-    """``$PACS_AI_NODE_TEST_DATA`` (relative: to the repository root), default ``../shared/data``."""
+    """``$PACS_AI_NODE_TEST_DATA`` (relative to the repository root); ``../shared/data``."""
     setting = Path(os.environ.get(DATA_ENV, "../shared/data"))
     return (setting if setting.is_absolute() else REPO_ROOT / setting).resolve()
 

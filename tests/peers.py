@@ -84,11 +84,18 @@ class Orthanc:
         """The REST API's root."""
         return f"http://127.0.0.1:{self.http_port}"
 
-    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                timeout_s: float = 120) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        timeout_s: float = 120,
+    ) -> Any:
         """Call the REST API; JSON in and out (``raw`` sends bytes as they are)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             payload = response.read()
         if response.headers.get_content_type() == "application/json":
@@ -101,8 +108,9 @@ class Orthanc:
 
     def add_modality(self, name: str, *, ae_title: str, port: int) -> None:
         """Declare a DICOM modality (the node) that Orthanc may send to."""
-        self.request("PUT", f"/modalities/{name}",
-                     {"AET": ae_title, "Host": "127.0.0.1", "Port": port})
+        self.request(
+            "PUT", f"/modalities/{name}", {"AET": ae_title, "Host": "127.0.0.1", "Port": port}
+        )
 
 
 def start_orthanc(workdir: Path, *, ae_title: str = "ORTHANC") -> Orthanc:
@@ -169,7 +177,12 @@ class RunningNode:
         """Run ``pacs-ai-node ARGS --config <this node's config>``."""
         return subprocess.run(
             [sys.executable, "-m", "node.admin.cli", *args, "--config", str(self.config_path)],
-            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=self.env, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+            env=self.env,
+            check=False,
         )
 
 
@@ -203,10 +216,20 @@ def start_node(workdir: Path, **overrides: Any) -> RunningNode:
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "node.admin.cli", "serve", "--config", str(config_path)],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-    node = RunningNode(process, config_path, Path(config["data_dir"]), config["dicom_port"],
-                       config["ae_title"], log_path, env)
+    node = RunningNode(
+        process,
+        config_path,
+        Path(config["data_dir"]),
+        config["dicom_port"],
+        config["ae_title"],
+        log_path,
+        env,
+    )
 
     def ready() -> bool:
         if process.poll() is not None:
@@ -223,13 +246,32 @@ def start_node(workdir: Path, **overrides: Any) -> RunningNode:
     return node
 
 
-def storescu(port: int, paths: list[Path], *, called: str = "AINODE", calling: str = "STORESCU",
-             extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int,
+    paths: list[Path],
+    *,
+    called: str = "AINODE",
+    calling: str = "STORESCU",
+    extra: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
     """Send files with dcmtk's storescu to 127.0.0.1:``port``."""
     return subprocess.run(
-        ["storescu", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port),
-         *[str(p) for p in paths]],
-        capture_output=True, text=True, timeout=300, env=nodelay_env(), check=False,
+        [
+            "storescu",
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            *extra,
+            "127.0.0.1",
+            str(port),
+            *[str(p) for p in paths],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=nodelay_env(),
+        check=False,
     )
 
 

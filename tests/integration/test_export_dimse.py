@@ -27,7 +27,9 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     out.mkdir()
     process = subprocess.Popen(
         ["storescp", "-aet", "STORESCP", "--output-directory", str(out), str(port)],
-        env=nodelay_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=nodelay_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for(lambda: port_open(port), timeout_s=20, what="storescp")
@@ -58,8 +60,12 @@ def test_rejected_association_is_permanent(tmp_path: Path, lidc_dir: Path) -> No
     db = Database(f"sqlite:///{tmp_path / 'i.sqlite'}")
     db.create_schema()
     peer = DimseListener(
-        ae_title="PICKY", bind_address="127.0.0.1", port=free_port(),
-        spool=Spool(tmp_path / "spool"), db=db, allowed_calling_ae_titles=["SOMEONE_ELSE"],
+        ae_title="PICKY",
+        bind_address="127.0.0.1",
+        port=free_port(),
+        spool=Spool(tmp_path / "spool"),
+        db=db,
+        allowed_calling_ae_titles=["SOMEONE_ELSE"],
     )
     peer.start()
     try:

@@ -100,7 +100,9 @@ def test_empty_uids_are_refused_with_cannot_understand(
 ) -> None:
     # The TotalSegmentator CT has empty SOP/Series/Study UIDs; only the file meta has some.
     # storescu cannot send it at all, so a pynetdicom SCU sends it under the meta's SOP UIDs.
-    path = sorted((shared_data / "totalsegmentator/example_ct_dicom_CT_Body_abdomen_J2K").iterdir())[0]
+    path = sorted(
+        (shared_data / "totalsegmentator/example_ct_dicom_CT_Body_abdomen_J2K").iterdir()
+    )[0]
     ds = pydicom.dcmread(path)
     assert ds.SeriesInstanceUID == ""
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
@@ -128,7 +130,11 @@ def test_listener_survives_garbage_and_keeps_serving(
         sock.sendall(b"\x01\x00 this is not an A-ASSOCIATE-RQ" * 10)
     echo = subprocess.run(
         ["echoscu", "-aec", "AINODE", "127.0.0.1", str(listener.port)],
-        capture_output=True, text=True, timeout=30, env=nodelay_env(), check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=nodelay_env(),
+        check=False,
     )
     assert echo.returncode == 0, echo.stderr
     assert storescu(listener.port, sorted(lidc_dir.glob("*.dcm"))[:2]).returncode == 0
@@ -138,15 +144,24 @@ def test_unknown_calling_ae_is_rejected_when_allow_list_set(tmp_path: Path) -> N
     db = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
     db.create_schema()
     server = DimseListener(
-        ae_title="AINODE", bind_address="127.0.0.1", port=free_port(),
-        spool=Spool(tmp_path / "spool"), db=db, allowed_calling_ae_titles=["ORTHANC"],
+        ae_title="AINODE",
+        bind_address="127.0.0.1",
+        port=free_port(),
+        spool=Spool(tmp_path / "spool"),
+        db=db,
+        allowed_calling_ae_titles=["ORTHANC"],
     )
     server.start()
     try:
+
         def echo(calling: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
                 ["echoscu", "-aet", calling, "-aec", "AINODE", "127.0.0.1", str(server.port)],
-                capture_output=True, text=True, timeout=30, env=nodelay_env(), check=False,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=nodelay_env(),
+                check=False,
             )
 
         refused = echo("INTRUDER")

@@ -52,12 +52,17 @@ def test_series_pushed_by_orthanc_comes_back_as_a_valid_lung_seg(
     study_id = source_series["ParentStudy"]
     orthanc.add_modality("ainode", ae_title=node.ae_title, port=node.dicom_port)
     orthanc.request(
-        "POST", "/modalities/ainode/store",
+        "POST",
+        "/modalities/ainode/store",
         {"Resources": [source_series["ID"]], "Synchronous": True},
     )
 
-    wait_for(lambda: bool(_seg_series(orthanc, study_id)), timeout_s=240, interval_s=0.5,
-             what=f"a SEG in Orthanc (node log: {node.log_path})")
+    wait_for(
+        lambda: bool(_seg_series(orthanc, study_id)),
+        timeout_s=240,
+        interval_s=0.5,
+        what=f"a SEG in Orthanc (node log: {node.log_path})",
+    )
     [seg_series] = _seg_series(orthanc, study_id)
     [seg_instance] = seg_series["Instances"]
     seg_path = tmp_path / "seg.dcm"

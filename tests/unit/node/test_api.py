@@ -17,17 +17,38 @@ from node.store.index import InstanceRecord, record_instance
 def test_health_and_jobs(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
     db.create_schema()
-    rules = RuleSet.model_validate({"rules": [{
-        "name": "ct", "pipeline": "lung_seg", "model": "lung_seg", "version": "1",
-        "destinations": ["pacs"]}]})
+    rules = RuleSet.model_validate(
+        {
+            "rules": [
+                {
+                    "name": "ct",
+                    "pipeline": "lung_seg",
+                    "model": "lung_seg",
+                    "version": "1",
+                    "destinations": ["pacs"],
+                }
+            ]
+        }
+    )
     record_instance(
         db,
-        InstanceRecord("1.2.3.4.1", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.3",
-                       "1.2.840.10008.1.2", {"Modality": "CT"}, None),
-        path="instances/a.dcm", size=1, association_id=None, calling_ae_title="X",
+        InstanceRecord(
+            "1.2.3.4.1",
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.3.4",
+            "1.2.3",
+            "1.2.840.10008.1.2",
+            {"Modality": "CT"},
+            None,
+        ),
+        path="instances/a.dcm",
+        size=1,
+        association_id=None,
+        calling_ae_title="X",
     )
-    CompletenessWatcher(db, lambda s, series: dispatch_series(s, series, rules),
-                        quiet_period_s=0).poll()
+    CompletenessWatcher(
+        db, lambda s, series: dispatch_series(s, series, rules), quiet_period_s=0
+    ).poll()
     client = TestClient(create_app(db))
     assert client.get("/health").json() == {"status": "ok"}
     [job] = client.get("/jobs").json()

@@ -36,7 +36,9 @@ def test_shipped_default_config_is_valid_and_resolves_paths() -> None:
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _write(tmp_path, "dicom_port: 11113\ndestinations:\n  pacs: {host: h, port: 104, ae_title: PACS}\n")
+    path = _write(
+        tmp_path, "dicom_port: 11113\ndestinations:\n  pacs: {host: h, port: 104, ae_title: PACS}\n"
+    )
     monkeypatch.setenv("NODE_DICOM_PORT", "11114")
     monkeypatch.setenv("NODE_DESTINATIONS__PACS__PORT", "4242")
     monkeypatch.setenv("NODE_ALLOWED_CALLING_AE_TITLES", '["ORTHANC"]')
@@ -78,3 +80,41 @@ def test_unreadable_or_malformed_file(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="mapping"):
         load_settings(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_readme_documents_every_key() -> None:
+    from node.config import DimseDestination, ExportPolicy, Settings
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    keys = [
+        *(k for k in Settings.model_fields if k != "export"),  # a group: its keys follow
+        *(f"export.{k}" for k in ExportPolicy.model_fields),
+        *(f"destinations.NAME.{k}" for k in DimseDestination.model_fields),
+    ]
+    missing = [k for k in keys if f"| `{k}` |" not in readme]
+    assert missing == []
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from node.admin.cli import app
+
+    ok = CliRunner().invoke(
+        app, ["config", "check", "--config", str(REPO_ROOT / "deploy/node.yaml")]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "configuration OK: 1 rule(s), 1 destination(s)" in ok.output
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules: [{name: r, pipeline: lung_seg, model: lung_seg, version: '99',"
+        " destinations: [pacs]}]\n"
+    )
+    config = _write(
+        tmp_path,
+        f"rules_file: {rules}\nmodel_repository: {REPO_ROOT / 'model_repository'}\n"
+        "destinations: {pacs: {host: h, port: 104, ae_title: P}}\n",
+    )
+    bad = CliRunner().invoke(app, ["config", "check", "--config", str(config)])
+    assert bad.exit_code == 1
+    assert "version '99' is not in" in bad.output

@@ -25,8 +25,14 @@ from node.store.models import Job, JobState, Series, SeriesState, utcnow
 RULES = RuleSet.model_validate(
     {
         "rules": [
-            {"name": "ct", "match": {"modality": ["CT"]}, "pipeline": "lung_seg",
-             "model": "lung_seg", "version": "1", "destinations": ["pacs"]}
+            {
+                "name": "ct",
+                "match": {"modality": ["CT"]},
+                "pipeline": "lung_seg",
+                "model": "lung_seg",
+                "version": "1",
+                "destinations": ["pacs"],
+            }
         ]
     }
 )
@@ -39,23 +45,39 @@ def db(tmp_path: Path) -> Database:
     return database
 
 
-def _receive(db: Database, n: int, *, association: str | None, expected: int | None = None,
-             series_uid: str = "1.2.3.4", modality: str = "CT") -> None:
+def _receive(
+    db: Database,
+    n: int,
+    *,
+    association: str | None,
+    expected: int | None = None,
+    series_uid: str = "1.2.3.4",
+    modality: str = "CT",
+) -> None:
     for k in range(n):
         record = InstanceRecord(
-            sop_instance_uid=f"{series_uid}.{k + 1}", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-            series_instance_uid=series_uid, study_instance_uid="1.2.3",
+            sop_instance_uid=f"{series_uid}.{k + 1}",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            series_instance_uid=series_uid,
+            study_instance_uid="1.2.3",
             transfer_syntax_uid="1.2.840.10008.1.2",
             routing_attributes={"Modality": modality, "ImageType": ["ORIGINAL", "AXIAL"]},
             expected_count=expected,
         )
-        record_instance(db, record, path=f"instances/x/{k}.dcm", size=10,
-                        association_id=association, calling_ae_title="ORTHANC")
+        record_instance(
+            db,
+            record,
+            path=f"instances/x/{k}.dcm",
+            size=10,
+            association_id=association,
+            calling_ae_title="ORTHANC",
+        )
 
 
 def _watcher(db: Database, quiet: float) -> CompletenessWatcher:
-    return CompletenessWatcher(db, lambda s, series: dispatch_series(s, series, RULES),
-                               quiet_period_s=quiet)
+    return CompletenessWatcher(
+        db, lambda s, series: dispatch_series(s, series, RULES), quiet_period_s=quiet
+    )
 
 
 def test_series_waits_for_its_association_then_the_quiet_period(db: Database) -> None:
@@ -82,9 +104,19 @@ def test_known_instance_count_completes_without_waiting(db: Database) -> None:
     assert _watcher(db, 3600).poll() == 0
     record_instance(
         db,
-        InstanceRecord("1.2.3.4.3", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.3",
-                       "1.2.840.10008.1.2", {"Modality": "CT"}, 3),
-        path="instances/x/3.dcm", size=10, association_id="a1", calling_ae_title="ORTHANC",
+        InstanceRecord(
+            "1.2.3.4.3",
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.3.4",
+            "1.2.3",
+            "1.2.840.10008.1.2",
+            {"Modality": "CT"},
+            3,
+        ),
+        path="instances/x/3.dcm",
+        size=10,
+        association_id="a1",
+        calling_ae_title="ORTHANC",
     )
     assert _watcher(db, 3600).poll() == 1
 
@@ -128,5 +160,8 @@ def test_exporting_job_waits_for_its_retry_time(db: Database) -> None:
 
 
 def test_final_states_are_final() -> None:
-    assert {s for s in JobState if s.is_final} == {JobState.DONE, JobState.FAILED,
-                                                   JobState.REJECTED}
+    assert {s for s in JobState if s.is_final} == {
+        JobState.DONE,
+        JobState.FAILED,
+        JobState.REJECTED,
+    }

@@ -98,21 +98,30 @@ def test_head_ct_is_not_routed_by_the_shipped_rules(shared_data: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("rules: [{name: a, pipeline: p, model: m, version: '1', destinations: []}]",
-         "destinations"),
-        ("rules: [{name: a, pipeline: p, model: m, version: '1', destinations: [x],"
-         " match: {series_description: '('}}]", "regular expression"),
-        ("rules: [{name: a, pipeline: p, model: m, version: '1', destinations: [x],"
-         " match: {modalty: [CT]}}]", "modalty"),
+        (
+            "rules: [{name: a, pipeline: p, model: m, version: '1', destinations: []}]",
+            "destinations",
+        ),
+        (
+            "rules: [{name: a, pipeline: p, model: m, version: '1', destinations: [x],"
+            " match: {series_description: '('}}]",
+            "regular expression",
+        ),
+        (
+            "rules: [{name: a, pipeline: p, model: m, version: '1', destinations: [x],"
+            " match: {modalty: [CT]}}]",
+            "modalty",
+        ),
         ("fallback: nope\nrules: []", "fallback names no rule"),
-        ("rules: [{name: a, pipeline: p, model: m, version: '1', destinations: [x]},"
-         " {name: a, pipeline: p, model: m, version: '1', destinations: [x]}]", "unique"),
+        (
+            "rules: [{name: a, pipeline: p, model: m, version: '1', destinations: [x]},"
+            " {name: a, pipeline: p, model: m, version: '1', destinations: [x]}]",
+            "unique",
+        ),
         ("rules: [", "not valid YAML"),
     ],
 )
-def test_invalid_rules_are_refused_with_the_reason(
-    tmp_path: Path, text: str, message: str
-) -> None:
+def test_invalid_rules_are_refused_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(text)
     with pytest.raises(RoutingError, match=message):

@@ -51,9 +51,7 @@ def test_gantry_tilt_and_irregular_spacing_are_recorded(shared_data: Path) -> No
     assert "18.5" in tilt.detail
 
 
-@pytest.mark.parametrize(
-    "series", ["S006_AX_FSE_T2", "S005_mocoMEMPRAGE_220FOV_RMS"]
-)
+@pytest.mark.parametrize("series", ["S006_AX_FSE_T2", "S005_mocoMEMPRAGE_220FOV_RMS"])
 def test_missing_slice_is_recorded(shared_data: Path, series: str) -> None:
     folder = shared_data / "fnndsc-data" / "BCH_brain_MR_Siemens_TrioTim" / series
     volume = load_volume(_files(folder))
