@@ -40,7 +40,8 @@ def short_uid(uid: str) -> str:
 def _allow_listed(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    for key in [k for k in event_dict if k not in ALLOWED_KEYS]:
+    # Keys starting with "_" are structlog's own bookkeeping (e.g. the stdlib record).
+    for key in [k for k in event_dict if k not in ALLOWED_KEYS and not k.startswith("_")]:
         del event_dict[key]
     return event_dict
 
@@ -79,9 +80,10 @@ def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    # pynetdicom logs every PDU at INFO/DEBUG, including peer AE titles and dataset summaries.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # Libraries log free text that can hold UIDs or dataset values (pynetdicom dumps PDUs,
+    # highdicom names the datasets it copies from): only their warnings and errors get through.
+    root.setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    logging.getLogger("node").setLevel(level)
 
 
 def _identity(

@@ -211,7 +211,18 @@ def start_node(workdir: Path, **overrides: Any) -> RunningNode:
     """Start ``pacs-ai-node serve`` with a test configuration; wait until it listens."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path, config = write_node_config(workdir, **overrides)
-    log_path = workdir / "node.log"
+    return launch_node(config_path, config, workdir / "node.log")
+
+
+def restart_node(node: RunningNode) -> RunningNode:
+    """Start the node again on the same configuration, spool and index."""
+    stop_process(node.process)
+    config = yaml.safe_load(node.config_path.read_text())
+    return launch_node(node.config_path, config, node.log_path)
+
+
+def launch_node(config_path: Path, config: dict[str, Any], log_path: Path) -> RunningNode:
+    """Run ``pacs-ai-node serve --config config_path``; wait until its DICOM port answers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NODE_")}
     with log_path.open("ab") as log:
         process = subprocess.Popen(

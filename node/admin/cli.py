@@ -20,3 +20,7 @@ app.command("serve")(serve)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(rules_cmd.app, name="rules")
 app.add_typer(jobs.app, name="jobs")
+
+
+if __name__ == "__main__":
+    app()

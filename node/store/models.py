@@ -60,6 +60,11 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
+def _enum(kind: type[enum.StrEnum]) -> Enum:
+    """Stored as its lower-case value (what `jobs list` and SQL users see), not its name."""
+    return Enum(kind, native_enum=False, values_callable=lambda k: [m.value for m in k], length=16)
+
+
 class Base(DeclarativeBase):
     """Declarative base of the index."""
 
@@ -112,7 +117,7 @@ class Series(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
-    state: Mapped[SeriesState] = mapped_column(Enum(SeriesState, native_enum=False), index=True)
+    state: Mapped[SeriesState] = mapped_column(_enum(SeriesState), index=True)
     calling_ae_title: Mapped[str] = mapped_column(String(16))
     attributes: Mapped[dict[str, Any]] = mapped_column(
         doc="Routing attributes of the first instance (Modality, BodyPartExamined, ...)."
@@ -155,7 +160,7 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(64))
     version: Mapped[str] = mapped_column(String(32))
     destinations: Mapped[list[str]]
-    state: Mapped[JobState] = mapped_column(Enum(JobState, native_enum=False), index=True)
+    state: Mapped[JobState] = mapped_column(_enum(JobState), index=True)
     attempts: Mapped[int] = mapped_column(default=0)
     reason: Mapped[str | None] = mapped_column(Text)
     result_paths: Mapped[list[str]] = mapped_column(default=list)
@@ -178,7 +183,7 @@ class JobEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     at: Mapped[dt.datetime]
-    state: Mapped[JobState] = mapped_column(Enum(JobState, native_enum=False))
+    state: Mapped[JobState] = mapped_column(_enum(JobState))
     message: Mapped[str] = mapped_column(Text)
 
 

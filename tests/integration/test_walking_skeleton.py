@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,16 @@ import pytest
 
 from dicom_sr import dciodvfy_errors
 from node.assembly.volume import load_volume
-from tests.peers import Orthanc, RunningNode, start_node, start_orthanc, stop_process, wait_for
+from tests.peers import (
+    Orthanc,
+    RunningNode,
+    restart_node,
+    start_node,
+    start_orthanc,
+    stop_process,
+    storescu,
+    wait_for,
+)
 from training.lung_seg.labels import reference_lung_mask
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -108,5 +118,64 @@ def test_series_pushed_by_orthanc_comes_back_as_a_valid_lung_seg(
     # Nothing in the node's log names the patient.
     patient = pydicom.dcmread(files[0], stop_before_pixels=True)
     log_text = node.log_path.read_text()
-    for identifier in (str(patient.PatientID), str(patient.StudyInstanceUID)):
-        assert identifier not in log_text
+    assert "series.routed" in log_text
+    identifiers = [str(patient.PatientID), str(patient.PatientName), str(patient.StudyInstanceUID)]
+    identifiers += sorted(source_uids)
+    assert [i for i in identifiers if i and i in log_text] == []
+
+
+def _job_states(node: RunningNode) -> list[str]:
+    import sqlite3
+
+    index = node.data_dir / "index.sqlite"
+    if not index.exists():
+        return []
+    with sqlite3.connect(index, timeout=5) as connection:
+        return [row[0] for row in connection.execute("SELECT state FROM jobs")]
+
+
+def test_job_killed_mid_inference_finishes_once_after_restart(
+    orthanc: Orthanc, node: RunningNode, lidc_dir: Path
+) -> None:
+    files = sorted(lidc_dir.glob("*.dcm"))
+    result = storescu(node.dicom_port, files, calling=orthanc.ae_title)
+    assert result.returncode == 0, result.stderr
+    # Kill -9 while the job runs (it takes seconds: loading the volume and inferring).
+    wait_for(
+        lambda: _job_states(node) in (["running"], ["exporting"], ["done"]),
+        timeout_s=60,
+        interval_s=0.02,
+        what="the job to start",
+    )
+    node.process.send_signal(signal.SIGKILL)
+    node.process.wait(10)
+    killed_in = _job_states(node)
+
+    # Every acknowledged instance is on disk, readable and indexed.
+    import sqlite3
+
+    with sqlite3.connect(node.data_dir / "index.sqlite") as connection:
+        paths = [row[0] for row in connection.execute("SELECT path FROM instances")]
+    assert len(paths) == len(files)
+    for path in paths:
+        pydicom.dcmread(node.data_dir / "spool" / path, stop_before_pixels=True)
+
+    restarted = restart_node(node)
+    try:
+        wait_for(
+            lambda: _job_states(restarted) == ["done"],
+            timeout_s=240,
+            interval_s=0.5,
+            what=f"the job to finish after restart (killed in {killed_in})",
+        )
+        study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+        [study_id] = orthanc.request("POST", "/tools/lookup", raw=str(study).encode())
+        segs = _seg_series(orthanc, study_id["ID"])
+        assert len(segs) == 1
+        assert len(segs[0]["Instances"]) == 1
+        shown = restarted.cli("jobs", "show", "1")
+        assert shown.returncode == 0, shown.stderr
+        if killed_in == ["running"]:
+            assert "resumed after a restart" in shown.stdout
+    finally:
+        stop_process(restarted.process)
