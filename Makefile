@@ -12,7 +12,7 @@ CONFIG ?= deploy/node.yaml
 
 help:
 	@echo "make run        install what is missing, then start the node ($(CONFIG))"
-	@echo "make test       install what is missing (system packages too), then run every test"
+	@echo "make test       install what is missing (system packages too), run ruff, mypy and every test"
 	@echo "make test-fast  the tests without the slow end-to-end ones"
 	@echo "make check      ruff and mypy"
 	@echo "make train      retrain the shipped lung model from ../shared/data"
@@ -38,7 +38,7 @@ system-deps:
 run: install
 	$(BIN)/pacs-ai-node serve --config $(CONFIG)
 
-test: install system-deps
+test: install system-deps check
 	$(BIN)/python -m pytest
 
 test-fast: install system-deps

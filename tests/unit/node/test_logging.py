@@ -25,7 +25,10 @@ def _restore_logging() -> Iterator[None]:
 def test_unknown_keys_are_dropped_and_json_is_written(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("json", "INFO")
     get_logger("node.test").info(
-        "series.routed", series=short_uid("1.2.3"), count=1, patient_name="DOE^JANE",
+        "series.routed",
+        series=short_uid("1.2.3"),
+        count=1,
+        patient_name="DOE^JANE",
         accession_number="A123",
     )
     line = capsys.readouterr().err.strip().splitlines()[-1]

@@ -1,0 +1,1 @@
+"""Scripts that train and evaluate the shipped models on ``../shared/data``."""

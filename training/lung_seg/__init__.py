@@ -1,0 +1,1 @@
+"""The lung segmentation model: reference labels, training, evaluation and model card."""
