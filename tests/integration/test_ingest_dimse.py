@@ -171,3 +171,29 @@ def test_unknown_calling_ae_is_rejected_when_allow_list_set(tmp_path: Path) -> N
     finally:
         server.stop()
         db.dispose()
+
+
+def test_unwritable_spool_answers_out_of_resources_and_keeps_serving(
+    listener: DimseListener, lidc_dir: Path
+) -> None:
+    import shutil
+
+    from node.ingest.dimse import STATUS_OUT_OF_RESOURCES
+
+    instances = _spool(listener).root / "instances"
+    shutil.rmtree(instances)
+    instances.write_bytes(b"")  # a file where the folder should be: every write fails
+    ds = pydicom.dcmread(sorted(lidc_dir.glob("*.dcm"))[0])
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="AINODE")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(ds).Status == STATUS_OUT_OF_RESOURCES
+    finally:
+        assoc.release()
+    with _db(listener).session() as session:
+        assert session.scalars(select(Instance)).all() == []
+    instances.unlink()
+    instances.mkdir()
+    assert storescu(listener.port, sorted(lidc_dir.glob("*.dcm"))[:1]).returncode == 0
