@@ -166,5 +166,5 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     resolved = dict(values)
     for key in ("data_dir", "rules_file", "model_repository"):
         if isinstance(resolved.get(key), str) and not Path(resolved[key]).is_absolute():
-            resolved[key] = str(base / resolved[key])
+            resolved[key] = str((base / resolved[key]).resolve())
     return resolved

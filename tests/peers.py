@@ -17,12 +17,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+
+from node.ingest.dimse import DimseListener
+from node.store.database import Database
+from node.store.spool import Spool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +69,69 @@ def stop_process(process: subprocess.Popen[bytes], *, timeout_s: float = 15.0) -
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+def _wait_started(
+    process: subprocess.Popen[bytes], ready: Callable[[], bool], *, timeout_s: float, what: str
+) -> None:
+    """Wait until ``ready``; on failure or time-out stop ``process`` and re-raise."""
+    try:
+        wait_for(ready, timeout_s=timeout_s, what=what)
+    except BaseException:
+        stop_process(process)
+        raise
+
+
+def start_storescp(
+    out: Path, *, ae_title: str = "STORESCP", port: int | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start dcmtk's storescp writing what it receives into ``out``; return it and its port."""
+    port = port or free_port()
+    out.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        ["storescp", "-aet", ae_title, "--output-directory", str(out), str(port)],
+        env=nodelay_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_started(process, lambda: port_open(port), timeout_s=20, what="storescp")
+    return process, port
+
+
+@contextmanager
+def running_listener(
+    tmp_path: Path, *, ae_title: str = "AINODE", allowed: list[str] | None = None
+) -> Iterator[DimseListener]:
+    """The node's DICOM listener in this process, on a free port, over a fresh spool and index."""
+    db = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    db.create_schema()
+    listener = DimseListener(
+        ae_title=ae_title,
+        bind_address="127.0.0.1",
+        port=free_port(),
+        spool=Spool(tmp_path / "spool"),
+        db=db,
+        allowed_calling_ae_titles=allowed or [],
+    )
+    listener.start()
+    try:
+        yield listener
+    finally:
+        listener.stop()
+        db.dispose()
+
+
+def c_store(port: int, ds: Dataset, *, called: str = "AINODE") -> int:
+    """Send one dataset with a pynetdicom SCU (for what storescu cannot send); return the status."""
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        raise RuntimeError(f"no association with 127.0.0.1:{port}")
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
 
 
 def nodelay_env() -> dict[str, str]:
@@ -153,11 +223,7 @@ def start_orthanc(workdir: Path, *, ae_title: str = "ORTHANC") -> Orthanc:
             return False
         return port_open(dicom_port)
 
-    try:
-        wait_for(ready, timeout_s=30, what="Orthanc to answer")
-    except BaseException:
-        stop_process(process)
-        raise
+    _wait_started(process, ready, timeout_s=30, what="Orthanc to answer")
     return orthanc
 
 
@@ -249,11 +315,7 @@ def launch_node(config_path: Path, config: dict[str, Any], log_path: Path) -> Ru
             )
         return port_open(node.dicom_port)
 
-    try:
-        wait_for(ready, timeout_s=60, what="the node's DICOM port")
-    except BaseException:
-        stop_process(process)
-        raise
+    _wait_started(process, ready, timeout_s=60, what="the node's DICOM port")
     return node
 
 

@@ -17,6 +17,8 @@ __all__ = ["DimseExporter"]
 # Statuses after which a retry may succeed: out of resources (0xA7xx) and the "refused: out of
 # resources" family; anything else in the failure range is treated as a permanent refusal.
 _RETRYABLE = range(0xA700, 0xA800)
+# A-ASSOCIATE-RJ result: 1 is permanent, 2 transient (PS3.8 9.3.4).
+_REJECTED_PERMANENT = 0x01
 
 
 class DimseExporter:
@@ -43,10 +45,24 @@ class DimseExporter:
             self._destination.host, self._destination.port, ae_title=self._destination.ae_title
         )
         if not assoc.is_established:
-            if assoc.is_rejected:
-                raise PeerRejected(f"{peer} rejected the association", peer=self.name, status=0)
+            result = getattr(assoc.acceptor.primitive, "result", None)
+            if assoc.is_rejected and result == _REJECTED_PERMANENT:
+                raise PeerRejected(
+                    f"{peer} rejected the association permanently (e.g. an unknown calling AE "
+                    f"title {self._calling!r})",
+                    peer=self.name,
+                    status=0,
+                )
             raise PeerUnreachable(f"no association with {peer}", peer=self.name)
         try:
+            accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+            refused = sorted({str(ds.SOPClassUID) for ds in datasets} - accepted)
+            if refused:
+                raise PeerRejected(
+                    f"{peer} accepts no presentation context for SOP class {', '.join(refused)}",
+                    peer=self.name,
+                    status=0,
+                )
             sock = assoc.dul.socket.socket if assoc.dul.socket else None
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -75,26 +75,22 @@ def record_instance(
     A re-sent instance (same SOP Instance UID) replaces the earlier row; the series' counters and
     last-received time are updated in the same transaction.
     """
-    try:
-        _record(
-            db,
-            record,
-            path=path,
-            size=size,
-            association_id=association_id,
-            calling_ae_title=calling_ae_title,
-        )
-    except IntegrityError:
-        # Another association created the same series or instance row at the same moment:
-        # the second attempt sees it and updates it instead.
-        _record(
-            db,
-            record,
-            path=path,
-            size=size,
-            association_id=association_id,
-            calling_ae_title=calling_ae_title,
-        )
+    for attempt in (1, 2):
+        try:
+            _record(
+                db,
+                record,
+                path=path,
+                size=size,
+                association_id=association_id,
+                calling_ae_title=calling_ae_title,
+            )
+            return
+        except IntegrityError:
+            # Another association created the same series or instance row at the same moment:
+            # the second attempt sees it and updates it instead.
+            if attempt == 2:
+                raise
 
 
 def _record(

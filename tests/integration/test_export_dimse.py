@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,29 +12,17 @@ from node.config import DimseDestination
 from node.errors import PeerRejected, PeerUnreachable
 from node.export.base import backoff_delay
 from node.export.dimse import DimseExporter
-from node.ingest.dimse import DimseListener
-from node.store.database import Database
-from node.store.spool import Spool
-from tests.peers import free_port, nodelay_env, port_open, stop_process, wait_for
+from tests.peers import free_port, running_listener, start_storescp, stop_process
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    port, out = free_port(), tmp_path / "received"
-    out.mkdir()
-    process = subprocess.Popen(
-        ["storescp", "-aet", "STORESCP", "--output-directory", str(out), str(port)],
-        env=nodelay_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: port_open(port), timeout_s=20, what="storescp")
-        yield port, out
-    finally:
-        stop_process(process)
+    out = tmp_path / "received"
+    process, port = start_storescp(out)
+    yield port, out
+    stop_process(process)
 
 
 def _exporter(port: int, ae_title: str = "STORESCP") -> DimseExporter:
@@ -57,23 +44,11 @@ def test_no_listener_is_unreachable(lidc_dir: Path) -> None:
 
 
 def test_rejected_association_is_permanent(tmp_path: Path, lidc_dir: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'i.sqlite'}")
-    db.create_schema()
-    peer = DimseListener(
-        ae_title="PICKY",
-        bind_address="127.0.0.1",
-        port=free_port(),
-        spool=Spool(tmp_path / "spool"),
-        db=db,
-        allowed_calling_ae_titles=["SOMEONE_ELSE"],
-    )
-    peer.start()
-    try:
-        with pytest.raises(PeerRejected):
-            _exporter(peer.port, "PICKY").send(sorted(lidc_dir.glob("*.dcm"))[:1])
-    finally:
-        peer.stop()
-        db.dispose()
+    with (
+        running_listener(tmp_path, ae_title="PICKY", allowed=["SOMEONE_ELSE"]) as peer,
+        pytest.raises(PeerRejected, match="permanently"),
+    ):
+        _exporter(peer.port, "PICKY").send(sorted(lidc_dir.glob("*.dcm"))[:1])
 
 
 def test_backoff_doubles_and_is_capped() -> None:

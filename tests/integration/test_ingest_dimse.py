@@ -8,34 +8,21 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE
 from sqlalchemy import select
 
 from node.ingest.dimse import STATUS_CANNOT_UNDERSTAND, DimseListener
 from node.store.database import Database
 from node.store.models import Association, Instance, Series
 from node.store.spool import Spool
-from tests.peers import free_port, nodelay_env, storescu
+from tests.peers import c_store, nodelay_env, running_listener, storescu
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def listener(tmp_path: Path) -> Iterator[DimseListener]:
-    db = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
-    db.create_schema()
-    server = DimseListener(
-        ae_title="AINODE",
-        bind_address="127.0.0.1",
-        port=free_port(),
-        spool=Spool(tmp_path / "spool"),
-        db=db,
-        allowed_calling_ae_titles=[],
-    )
-    server.start()
-    yield server
-    server.stop()
-    db.dispose()
+    with running_listener(tmp_path) as server:
+        yield server
 
 
 def _db(listener: DimseListener) -> Database:
@@ -107,15 +94,7 @@ def test_empty_uids_are_refused_with_cannot_understand(
     assert ds.SeriesInstanceUID == ""
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ae = AE(ae_title="SENDER")
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", listener.port, ae_title="AINODE")
-    assert assoc.is_established
-    try:
-        status = assoc.send_c_store(ds)
-    finally:
-        assoc.release()
-    assert status.Status == STATUS_CANNOT_UNDERSTAND
+    assert c_store(listener.port, ds) == STATUS_CANNOT_UNDERSTAND
     with _db(listener).session() as session:
         assert session.scalars(select(Instance)).all() == []
     assert not list((_spool(listener).root / "instances").rglob("*.dcm"))
@@ -141,18 +120,7 @@ def test_listener_survives_garbage_and_keeps_serving(
 
 
 def test_unknown_calling_ae_is_rejected_when_allow_list_set(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
-    db.create_schema()
-    server = DimseListener(
-        ae_title="AINODE",
-        bind_address="127.0.0.1",
-        port=free_port(),
-        spool=Spool(tmp_path / "spool"),
-        db=db,
-        allowed_calling_ae_titles=["ORTHANC"],
-    )
-    server.start()
-    try:
+    with running_listener(tmp_path, allowed=["ORTHANC"]) as server:
 
         def echo(calling: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
@@ -168,9 +136,6 @@ def test_unknown_calling_ae_is_rejected_when_allow_list_set(tmp_path: Path) -> N
         assert refused.returncode != 0
         assert "rejected" in (refused.stdout + refused.stderr).lower()
         assert echo("ORTHANC").returncode == 0
-    finally:
-        server.stop()
-        db.dispose()
 
 
 def test_unwritable_spool_answers_out_of_resources_and_keeps_serving(
@@ -184,14 +149,7 @@ def test_unwritable_spool_answers_out_of_resources_and_keeps_serving(
     shutil.rmtree(instances)
     instances.write_bytes(b"")  # a file where the folder should be: every write fails
     ds = pydicom.dcmread(sorted(lidc_dir.glob("*.dcm"))[0])
-    ae = AE(ae_title="SENDER")
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", listener.port, ae_title="AINODE")
-    assert assoc.is_established
-    try:
-        assert assoc.send_c_store(ds).Status == STATUS_OUT_OF_RESOURCES
-    finally:
-        assoc.release()
+    assert c_store(listener.port, ds) == STATUS_OUT_OF_RESOURCES
     with _db(listener).session() as session:
         assert session.scalars(select(Instance)).all() == []
     instances.unlink()

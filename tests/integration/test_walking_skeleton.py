@@ -95,6 +95,9 @@ def test_series_pushed_by_orthanc_comes_back_as_a_valid_lung_seg(
         for item in series.ReferencedInstanceSequence
     }
     assert referenced == source_uids
+    for uid in referenced:  # ... and the PACS really holds each one
+        [found] = orthanc.request("POST", "/tools/lookup", raw=uid.encode())
+        assert found["Type"] == "Instance"
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == volume.series_instance_uid
     # The model name and version are on the segment's algorithm identification.
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
