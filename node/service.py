@@ -113,10 +113,10 @@ class Node:
             "node.recovered",
             recovered={"temporary_files": temporaries, "associations": associations, "jobs": jobs},
         )
-        self.listener.start()
+        self.listener.start()  # binding first: a taken port fails before any work starts
+        self.http.start()
         self.watcher.start()
         self.workers.start()
-        self.http.start()
         log.info("node.started", ae_title=self.settings.ae_title, port=self.listener.port)
 
     def stop(self) -> None:

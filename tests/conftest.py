@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ENV = "PACS_AI_NODE_TEST_DATA"
@@ -30,3 +33,14 @@ def shared_data() -> Path:
 def lidc_dir(shared_data: Path) -> Path:
     """The LIDC chest CT series (55 slices, a different FrameOfReferenceUID on each)."""
     return shared_data / "fnndsc-data" / "LIDC-IDRI-0314_CT_chest_every5th_slice"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo what a test's ``configure_logging`` did to the process-wide logging set-up."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()

@@ -32,4 +32,11 @@ def serve(config: ConfigOption = None) -> None:
         f"data in {settings.data_dir}, rules from {settings.rules_file}",
         err=True,
     )
-    node.serve_forever()
+    try:
+        node.serve_forever()
+    except OSError as exc:
+        node.stop()
+        raise fail(
+            f"cannot listen on {settings.bind_address} (DICOM port {settings.dicom_port}, "
+            f"HTTP port {settings.http_port}): {exc.strerror}"
+        ) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from typing import Any
 
@@ -84,12 +85,16 @@ class HttpServer:
         config = uvicorn.Config(
             create_app(db), host=host, port=port, log_config=None, access_log=False
         )
+        self._host, self._port = host, port
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start serving."""
-        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+        """Bind (raising ``OSError`` here if the port is taken), then serve in a thread."""
+        sock = socket.create_server((self._host, self._port), reuse_port=False)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
