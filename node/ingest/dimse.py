@@ -214,7 +214,7 @@ class DimseListener:
             log.error("instance.not_written", assoc_id=association_id, error=exc.strerror)
             return STATUS_OUT_OF_RESOURCES
         try:
-            record_instance(
+            receiving = record_instance(
                 self._db,
                 record,
                 path=str(relative),
@@ -225,6 +225,13 @@ class DimseListener:
         except SQLAlchemyError as exc:
             log.error("instance.not_indexed", assoc_id=association_id, error=type(exc).__name__)
             return STATUS_OUT_OF_RESOURCES
+        if not receiving:
+            log.warning(
+                "instance.after_routing",
+                assoc_id=association_id,
+                series=short_uid(record.series_instance_uid),
+                reason="series already routed; stored but not processed again",
+            )
         log.debug(
             "instance.stored",
             assoc_id=association_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,28 +70,28 @@ def record_instance(
     size: int,
     association_id: str | None,
     calling_ae_title: str,
-) -> None:
+) -> bool:
     """Index an instance whose bytes are already durable at ``path`` (spool-relative).
 
     A re-sent instance (same SOP Instance UID) replaces the earlier row; the series' counters and
-    last-received time are updated in the same transaction.
+    last-received time are updated in the same transaction. Returns False when the series had
+    already been routed (the instance is kept, but no new job is made for it).
     """
-    for attempt in (1, 2):
-        try:
-            _record(
-                db,
-                record,
-                path=path,
-                size=size,
-                association_id=association_id,
-                calling_ae_title=calling_ae_title,
-            )
-            return
-        except IntegrityError:
-            # Another association created the same series or instance row at the same moment:
-            # the second attempt sees it and updates it instead.
-            if attempt == 2:
-                raise
+    write = functools.partial(
+        _record,
+        db,
+        record,
+        path=path,
+        size=size,
+        association_id=association_id,
+        calling_ae_title=calling_ae_title,
+    )
+    try:
+        return write()
+    except IntegrityError:
+        # Another association created the same series or instance row at the same moment:
+        # the second attempt sees that row and updates it instead.
+        return write()
 
 
 def _record(
@@ -101,7 +102,7 @@ def _record(
     size: int,
     association_id: str | None,
     calling_ae_title: str,
-) -> None:
+) -> bool:
     now = utcnow()
     with db.session() as session:
         series = session.scalars(
@@ -143,6 +144,7 @@ def _record(
             existing.transfer_syntax_uid = record.transfer_syntax_uid
             existing.association_id = association_id
         series.last_received_at = now
+        return series.state == SeriesState.RECEIVING
 
 
 def series_instance_paths(db: Database, series_id: int) -> list[str]:

@@ -165,3 +165,32 @@ def test_final_states_are_final() -> None:
         JobState.FAILED,
         JobState.REJECTED,
     }
+
+
+def test_instance_after_routing_is_kept_but_not_routed_again(db: Database) -> None:
+    _receive(db, 2, association=None)
+    assert _watcher(db, 0).poll() == 1
+    late = InstanceRecord(
+        "1.2.3.4.99",
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.3.4",
+        "1.2.3",
+        "1.2.840.10008.1.2",
+        {"Modality": "CT"},
+        None,
+    )
+    assert (
+        record_instance(
+            db,
+            late,
+            path="instances/x/99.dcm",
+            size=1,
+            association_id=None,
+            calling_ae_title="ORTHANC",
+        )
+        is False
+    )
+    assert _watcher(db, 0).poll() == 0
+    with db.session() as session:
+        assert session.scalars(select(Series)).one().instance_count == 3
+        assert len(session.scalars(select(Job)).all()) == 1
