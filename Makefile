@@ -3,17 +3,23 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools chromium
+# The OHIF viewer the viewer tests and `make demo` use: pinned, checked against the registry's hash.
+OHIF_VERSION   := 3.13.2
+OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
+OHIF_DIR       := .cache/ohif
+OHIF_STAMP     := $(OHIF_DIR)/.v$(OHIF_VERSION)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=600 -q -y
 CONFIG ?= deploy/node.yaml
 
-.PHONY: help install system-deps run test test-fast lint typecheck check train clean
+.PHONY: help install system-deps viewer-deps run demo test test-fast lint typecheck check train clean
 
 help:
 	@echo "make run        install what is missing, then start the node ($(CONFIG))"
 	@echo "make test       install what is missing (system packages too), run ruff, mypy and every test"
 	@echo "make test-fast  the tests without the slow end-to-end ones"
+	@echo "make demo       Orthanc + the node + the OHIF viewer, with a chest CT sent through"
 	@echo "make check      ruff and mypy"
 	@echo "make train      retrain the shipped lung model from ../shared/data"
 
@@ -35,14 +41,30 @@ system-deps:
 	  $(APT) update && $(APT) install --no-install-recommends $$missing; \
 	fi
 
+$(OHIF_STAMP):
+	@command -v npm >/dev/null || { $(APT) update && $(APT) install --no-install-recommends nodejs npm; }
+	rm -rf $(OHIF_DIR) && mkdir -p $(OHIF_DIR)
+	cd $(OHIF_DIR) && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null
+	@actual="sha512-$$(openssl dgst -sha512 -binary $(OHIF_DIR)/ohif-app-$(OHIF_VERSION).tgz | base64 -w0)"; \
+	if [ "$$actual" != "$(OHIF_INTEGRITY)" ]; then \
+	  echo "OHIF $(OHIF_VERSION) tarball does not match its pinned hash"; exit 1; fi
+	tar -xzf $(OHIF_DIR)/ohif-app-$(OHIF_VERSION).tgz -C $(OHIF_DIR) package/dist
+	rm $(OHIF_DIR)/ohif-app-$(OHIF_VERSION).tgz
+	touch $@
+
+viewer-deps: system-deps $(OHIF_STAMP)
+
 run: install
 	$(BIN)/pacs-ai-node serve --config $(CONFIG)
 
-test: install system-deps check
+test: install viewer-deps check
 	$(BIN)/python -m pytest
 
-test-fast: install system-deps
+test-fast: install viewer-deps
 	$(BIN)/python -m pytest -m "not slow"
+
+demo: install viewer-deps
+	$(BIN)/python -m tests.demo
 
 lint: install
 	$(BIN)/ruff check .

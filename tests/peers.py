@@ -183,10 +183,20 @@ class Orthanc:
         )
 
 
-def start_orthanc(workdir: Path, *, ae_title: str = "ORTHANC") -> Orthanc:
-    """Start Debian's Orthanc with its own storage under ``workdir``."""
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def start_orthanc(
+    workdir: Path,
+    *,
+    ae_title: str = "ORTHANC",
+    dicomweb: bool = False,
+    http_port: int | None = None,
+    dicom_port: int | None = None,
+) -> Orthanc:
+    """Start Debian's Orthanc with its own storage under ``workdir`` (and DICOMweb if asked)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port = http_port or free_port(), dicom_port or free_port()
     config = {
         "Name": "test-pacs",
         "StorageDirectory": str(workdir / "storage"),
@@ -199,7 +209,8 @@ def start_orthanc(workdir: Path, *, ae_title: str = "ORTHANC") -> Orthanc:
         "DicomCheckCalledAet": False,
         "DicomAlwaysAllowStore": True,
         "DicomModalities": {},
-        "Plugins": [],
+        "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
+        "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
         "StableAge": 2,
         "SyncStorageArea": True,
     }
