@@ -193,6 +193,7 @@ def start_orthanc(
     dicomweb: bool = False,
     http_port: int | None = None,
     dicom_port: int | None = None,
+    accept_unknown_senders: bool = True,
 ) -> Orthanc:
     """Start Debian's Orthanc with its own storage under ``workdir`` (and DICOMweb if asked)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +208,7 @@ def start_orthanc(
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "DicomCheckCalledAet": False,
-        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowStore": accept_unknown_senders,
         "DicomModalities": {},
         "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
         "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},

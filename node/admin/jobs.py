@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from node.admin.common import ConfigOption, fail, settings_or_exit
-from node.jobs.queue import get_job, list_jobs
+from node.jobs.queue import get_job, list_jobs, retry_job
 from node.logging import short_uid
 from node.store.database import Database
 from node.store.models import JobState
@@ -45,6 +45,25 @@ def list_(
             f"{short_uid(job.series.series_instance_uid):<12}  "
             f"{job.updated_at:%Y-%m-%d %H:%M:%S}Z"
         )
+
+
+@app.command("retry")
+def retry(
+    job_id: Annotated[int, typer.Argument(help="A dead or failed job's id.")],
+    config: ConfigOption = None,
+) -> None:
+    """Send a dead job's results again, or run a failed job again.
+
+    The running node picks the job up within a second; results keep their SOP Instance UIDs, so
+    the PACS never gets a second copy.
+    """
+    try:
+        state = retry_job(_database(config), job_id)
+    except KeyError:
+        raise fail(f"no job {job_id}") from None
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(f"job {job_id} is {state.value} again")
 
 
 @app.command("show")

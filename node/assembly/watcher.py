@@ -8,6 +8,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session
 
 from node.assembly.completeness import complete_series
+from node.faults import crash_point
 from node.logging import get_logger, short_uid
 from node.store.database import Database
 from node.store.models import Series, utcnow
@@ -53,7 +54,9 @@ class CompletenessWatcher:
                     log.exception(
                         "assembly.handoff_failed", series=short_uid(series.series_instance_uid)
                     )
-            return handed
+        if handed:
+            crash_point("assembly.after_route")
+        return handed
 
     def start(self) -> None:
         """Poll in a background thread until :meth:`stop`."""

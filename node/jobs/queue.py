@@ -21,6 +21,7 @@ __all__ = [
     "list_jobs",
     "recover_jobs",
     "release",
+    "retry_job",
     "transition",
 ]
 
@@ -162,3 +163,42 @@ def list_jobs(db: Database, *, state: JobState | None = None, limit: int = 50) -
         if state is not None:
             query = query.where(Job.state == state)
         return list(session.scalars(query))
+
+
+def retry_job(db: Database, job_id: int) -> JobState:
+    """Send a dead job's results again, or run a failed job again; return its new state.
+
+    Dead jobs keep their results (same SOP Instance UIDs): their unconfirmed deliveries start
+    over with a fresh attempt count. Failed jobs go back to the queue and infer again.
+
+    Raises
+    ------
+    KeyError
+        If there is no such job.
+    ValueError
+        If the job is not dead or failed.
+    """
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise KeyError(job_id)
+        if job.state not in (JobState.DEAD, JobState.FAILED):
+            raise ValueError(f"job {job_id} is {job.state.value}; only dead or failed jobs retry")
+        was = job.state
+        for delivery in job.deliveries:
+            if delivery.confirmed_at is None:
+                delivery.attempts = 0
+        job.state = JobState.EXPORTING if was == JobState.DEAD else JobState.PENDING
+        job.not_before = None
+        job.leased_until = None
+        job.reason = None
+        job.updated_at = utcnow()
+        session.add(
+            JobEvent(
+                job_id=job.id,
+                at=job.updated_at,
+                state=job.state,
+                message=f"retried by an administrator (was {was.value})",
+            )
+        )
+        return job.state

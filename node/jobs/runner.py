@@ -21,6 +21,7 @@ from node.errors import (
     RoutingError,
 )
 from node.export.base import Exporter, backoff_delay
+from node.faults import crash_point
 from node.jobs.queue import transition
 from node.jobs.results import write_results
 from node.logging import get_logger
@@ -33,6 +34,14 @@ from node.store.spool import Spool
 __all__ = ["JobRunner"]
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOutcome:
+    """One destination's outcome: confirmed (both None), retry later, or failed for good."""
+
+    retry_in_s: float | None = None
+    failure: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +90,7 @@ class JobRunner:
             "resumed after a restart" if resumed else "started",
             count_attempt=True,
         )
+        crash_point("job.after_start")
         started = time.monotonic()
         try:
             pipeline = get_pipeline(job.pipeline)
@@ -117,6 +127,7 @@ class JobRunner:
             transition(self._db, job.id, JobState.FAILED, reason, reason=reason)
             log.exception("job.failed", job_id=job.id, reason=reason)
             return JobState.FAILED
+        crash_point("job.after_result")
         duration = time.monotonic() - started
         transition(
             self._db,
@@ -146,20 +157,14 @@ class JobRunner:
         next_wait: float | None = None
         for destination, delivery_ids in by_destination.items():
             outcome = self._deliver(job_id, destination, delivery_ids, result_paths)
-            if outcome is None:
-                continue
-            if outcome < 0:
-                failures.append(destination)
-            else:
-                next_wait = outcome if next_wait is None else min(next_wait, outcome)
+            if outcome.failure is not None:
+                failures.append(f"{destination}: {outcome.failure}")
+            elif outcome.retry_in_s is not None:
+                next_wait = min(next_wait or outcome.retry_in_s, outcome.retry_in_s)
         if failures:
-            transition(
-                self._db,
-                job_id,
-                JobState.FAILED,
-                f"delivery failed permanently to {', '.join(failures)}",
-                reason=f"delivery failed to {', '.join(failures)}",
-            )
+            reason = "; ".join(failures)
+            transition(self._db, job_id, JobState.DEAD, f"not delivered: {reason}", reason=reason)
+            log.warning("job.dead", job_id=job_id, reason=reason)
         elif next_wait is not None:
             transition(
                 self._db,
@@ -169,6 +174,7 @@ class JobRunner:
                 not_before=utcnow() + dt.timedelta(seconds=next_wait),
             )
         else:
+            crash_point("export.after_confirm")
             transition(
                 self._db, job_id, JobState.DONE, "every result confirmed by every destination"
             )
@@ -176,13 +182,13 @@ class JobRunner:
 
     def _deliver(
         self, job_id: int, destination: str, delivery_ids: list[int], result_paths: list[str]
-    ) -> float | None:
-        """Send to one destination. None: confirmed; -1: permanent failure; else retry delay."""
+    ) -> DeliveryOutcome:
+        """Send every result to one destination and record the outcome on its deliveries."""
         exporter = self._exporters.get(destination)
         if exporter is None:
             self._note_deliveries(delivery_ids, status=None)
             log.error("export.unknown_destination", job_id=job_id, destination=destination)
-            return -1
+            return DeliveryOutcome(failure="destination not configured")
         try:
             exporter.send([self._spool.absolute(p) for p in result_paths])
         except PeerRejected as exc:
@@ -194,7 +200,7 @@ class JobRunner:
                 status=exc.status,
                 reason=str(exc),
             )
-            return -1
+            return DeliveryOutcome(failure=str(exc))
         except (PeerUnreachable, NodeError, OSError) as exc:
             attempts = self._note_deliveries(delivery_ids, status=None)
             if attempts >= self._retry.max_attempts:
@@ -205,7 +211,7 @@ class JobRunner:
                     attempt=attempts,
                     reason=str(exc),
                 )
-                return -1
+                return DeliveryOutcome(failure=f"gave up after {attempts} attempts: {exc}")
             delay = backoff_delay(
                 attempts, initial_s=self._retry.backoff_initial_s, max_s=self._retry.backoff_max_s
             )
@@ -217,12 +223,13 @@ class JobRunner:
                 next_attempt_s=delay,
                 reason=str(exc),
             )
-            return delay
+            return DeliveryOutcome(retry_in_s=delay)
+        crash_point("export.after_send")
         self._confirm(delivery_ids)
         log.info(
             "export.confirmed", job_id=job_id, destination=destination, count=len(delivery_ids)
         )
-        return None
+        return DeliveryOutcome()
 
     def _note_deliveries(self, delivery_ids: list[int], *, status: int | None) -> int:
         with self._db.session() as session:

@@ -83,7 +83,12 @@ class SeriesState(enum.StrEnum):
 
 
 class JobState(enum.StrEnum):
-    """A job's state; ``done``, ``failed`` and ``rejected`` are final."""
+    """A job's state; ``done``, ``failed``, ``rejected`` and ``dead`` are final.
+
+    ``failed``: inference could not run (the reason says why). ``rejected``: the pipeline refused
+    the series as outside its intended use. ``dead``: results were made but a destination refused
+    them permanently or kept failing; an administrator may ``jobs retry`` a failed or dead job.
+    """
 
     PENDING = "pending"
     RUNNING = "running"
@@ -91,11 +96,12 @@ class JobState(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"
     REJECTED = "rejected"
+    DEAD = "dead"
 
     @property
     def is_final(self) -> bool:
-        """Whether nothing more will happen to a job in this state."""
-        return self in (JobState.DONE, JobState.FAILED, JobState.REJECTED)
+        """Whether nothing more will happen to a job in this state without an administrator."""
+        return self in (JobState.DONE, JobState.FAILED, JobState.REJECTED, JobState.DEAD)
 
 
 class Association(Base):
