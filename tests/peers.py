@@ -299,9 +299,20 @@ def restart_node(node: RunningNode) -> RunningNode:
     return launch_node(node.config_path, config, node.log_path)
 
 
-def launch_node(config_path: Path, config: dict[str, Any], log_path: Path) -> RunningNode:
-    """Run ``pacs-ai-node serve --config config_path``; wait until its DICOM port answers."""
+def launch_node(
+    config_path: Path,
+    config: dict[str, Any],
+    log_path: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    may_die: bool = False,
+) -> RunningNode:
+    """Run ``pacs-ai-node serve --config config_path``; wait until its DICOM port answers.
+
+    With ``may_die`` (crash tests), a node that kills itself while starting is returned as it is.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("NODE_")}
+    env.update(extra_env or {})
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "node.admin.cli", "serve", "--config", str(config_path)],
@@ -322,6 +333,8 @@ def launch_node(config_path: Path, config: dict[str, Any], log_path: Path) -> Ru
 
     def ready() -> bool:
         if process.poll() is not None:
+            if may_die:
+                return True
             raise RuntimeError(
                 f"node exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
             )
