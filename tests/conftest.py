@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import structlog
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_ENV = "PACS_AI_NODE_TEST_DATA"
+from tests.paths import DATA_ENV, shared_data_root
 
-
-def shared_data_root() -> Path:
-    """``$PACS_AI_NODE_TEST_DATA`` (relative to the repository root); ``../shared/data``."""
-    setting = Path(os.environ.get(DATA_ENV, "../shared/data"))
-    return (setting if setting.is_absolute() else REPO_ROOT / setting).resolve()
+pytest_plugins = ["tests.phi_guard", "pytester"]
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.conftest import shared_data_root
+from tests.paths import shared_data_root
 from tests.peers import (
     REPO_ROOT,
     Orthanc,
