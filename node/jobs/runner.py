@@ -13,6 +13,7 @@ from node.backends.base import Backend
 from node.errors import (
     AssemblyError,
     BackendError,
+    BackendUnavailable,
     NodeError,
     NotAccepted,
     PeerRejected,
@@ -46,7 +47,7 @@ class DeliveryOutcome:
 
 @dataclass(frozen=True, slots=True)
 class ExportRetry:
-    """How deliveries are retried (from :class:`node.config.ExportPolicy`)."""
+    """How deliveries, and jobs waiting for the backend, are retried (``export`` settings)."""
 
     max_attempts: int
     backoff_initial_s: float
@@ -117,6 +118,8 @@ class JobRunner:
             )
             log.info("job.rejected", job_id=job.id, reason=exc.reason)
             return JobState.REJECTED
+        except BackendUnavailable as exc:
+            return self._wait_for_backend(job, exc)
         except (AssemblyError, PipelineError, BackendError, RoutingError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             transition(self._db, job.id, JobState.FAILED, reason, reason=reason)
@@ -139,6 +142,34 @@ class JobRunner:
         )
         log.info("job.inferred", job_id=job.id, count=len(results), duration_s=round(duration, 2))
         return JobState.EXPORTING
+
+    def _wait_for_backend(self, job: Job, error: BackendUnavailable) -> JobState:
+        """The backend is down (e.g. Triton restarting): queue the job again, with backoff,
+        until :attr:`ExportRetry.max_attempts` attempts, then fail it with the reason."""
+        attempts = job.attempts + 1  # this attempt was counted when it started
+        reason = f"inference backend unavailable: {error}"
+        if attempts >= self._retry.max_attempts:
+            transition(
+                self._db,
+                job.id,
+                JobState.FAILED,
+                f"{reason} (gave up after {attempts} attempts)",
+                reason=reason,
+            )
+            log.warning("job.failed", job_id=job.id, reason=reason, attempt=attempts)
+            return JobState.FAILED
+        delay = backoff_delay(
+            attempts, initial_s=self._retry.backoff_initial_s, max_s=self._retry.backoff_max_s
+        )
+        transition(
+            self._db,
+            job.id,
+            JobState.PENDING,
+            f"{reason}; retry in {delay:.0f} s",
+            not_before=utcnow() + dt.timedelta(seconds=delay),
+        )
+        log.info("job.waiting_for_backend", job_id=job.id, attempt=attempts, next_attempt_s=delay)
+        return JobState.PENDING
 
     def _export(self, job_id: int) -> None:
         with self._db.session() as session:
