@@ -13,12 +13,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from node.errors import ConfigError
+from node.ingest.header import DEFAULT_MAX_IMAGE_PIXELS
 
-__all__ = ["DimseDestination", "ExportPolicy", "Settings", "load_settings"]
+__all__ = ["DimseDestination", "ExportPolicy", "Settings", "TlsSettings", "load_settings"]
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 chars
 
@@ -56,6 +65,36 @@ class ExportPolicy(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0, description="Association and DIMSE timeout.")
 
 
+class TlsSettings(BaseModel):
+    """DICOM over TLS on a second port (the plain port keeps listening)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Port of the DICOM TLS listener; unset: no TLS."
+    )
+    certificate: Path | None = Field(
+        default=None, description="The node's certificate (PEM), with any intermediates."
+    )
+    private_key: Path | None = Field(
+        default=None, description="The certificate's private key (PEM, not encrypted)."
+    )
+    ca_certificates: Path | None = Field(
+        default=None, description="CA certificates (PEM) client certificates are checked against."
+    )
+    require_client_certificate: bool = Field(
+        default=False, description="Refuse clients without a certificate from ca_certificates."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSettings:
+        if self.port is not None and (self.certificate is None or self.private_key is None):
+            raise ValueError("tls.port needs tls.certificate and tls.private_key")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("tls.require_client_certificate needs tls.ca_certificates")
+        return self
+
+
 class Settings(BaseSettings):
     """Every setting of the node, with its default."""
 
@@ -74,6 +113,30 @@ class Settings(BaseSettings):
     allowed_calling_ae_titles: list[str] = Field(
         default_factory=list,
         description="Calling AE titles allowed to associate; empty allows any.",
+    )
+    max_associations: int = Field(
+        default=32,
+        ge=1,
+        le=1000,
+        description="Associations served at once (plain and TLS); more are rejected, transient.",
+    )
+    require_called_ae_title: bool = Field(
+        default=True, description="Reject associations whose called AE title is not ae_title."
+    )
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token the HTTP API requires (all but /health); unset: the API is open.",
+    )
+    min_free_disk_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Below this much free space under data_dir, stores are refused; 0 disables.",
+    )
+    max_image_pixels: int = Field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        description="Largest Rows x Columns x NumberOfFrames x SamplesPerPixel accepted.",
     )
     destinations: dict[str, DimseDestination] = Field(
         default_factory=dict, description="Named peers that rules send results to."
@@ -105,6 +168,13 @@ class Settings(BaseSettings):
     @classmethod
     def _validate_allowed(cls, values: list[str]) -> list[str]:
         return [_check_ae_title(v) for v in values]
+
+    @field_validator("api_token")
+    @classmethod
+    def _validate_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 16:
+            raise ValueError("an API token needs 16 characters or more (openssl rand -hex 32)")
+        return value
 
     @property
     def index_url(self) -> str:
@@ -167,4 +237,10 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in ("data_dir", "rules_file", "model_repository"):
         if isinstance(resolved.get(key), str) and not Path(resolved[key]).is_absolute():
             resolved[key] = str((base / resolved[key]).resolve())
+    tls = resolved.get("tls")
+    if isinstance(tls, dict):
+        resolved["tls"] = tls = dict(tls)
+        for key in ("certificate", "private_key", "ca_certificates"):
+            if isinstance(tls.get(key), str) and not Path(tls[key]).is_absolute():
+                tls[key] = str((base / tls[key]).resolve())
     return resolved

@@ -15,6 +15,7 @@ from node.config import Settings
 from node.errors import ConfigError
 from node.export.registry import build_exporters
 from node.ingest.dimse import DimseListener
+from node.ingest.tls import server_context
 from node.jobs.queue import recover_jobs
 from node.jobs.runner import ExportRetry, JobRunner
 from node.jobs.workers import WorkerPool
@@ -71,6 +72,17 @@ class Node:
         self.spool = Spool(settings.data_dir / "spool")
         self.db = Database(settings.index_url)
         self.db.create_schema()
+        tls = settings.tls
+        ssl_context = None
+        if tls.port is not None:
+            assert tls.certificate is not None  # TlsSettings validated both
+            assert tls.private_key is not None
+            ssl_context = server_context(
+                certificate=tls.certificate,
+                private_key=tls.private_key,
+                ca_certificates=tls.ca_certificates,
+                require_client_certificate=tls.require_client_certificate,
+            )
         self.listener = DimseListener(
             ae_title=settings.ae_title,
             bind_address=settings.bind_address,
@@ -78,6 +90,12 @@ class Node:
             spool=self.spool,
             db=self.db,
             allowed_calling_ae_titles=settings.allowed_calling_ae_titles,
+            require_called_ae_title=settings.require_called_ae_title,
+            max_associations=settings.max_associations,
+            min_free_disk_bytes=settings.min_free_disk_mb * 1024 * 1024,
+            max_image_pixels=settings.max_image_pixels,
+            tls_port=tls.port,
+            ssl_context=ssl_context,
         )
         self.watcher = CompletenessWatcher(
             self.db, self._route, quiet_period_s=settings.quiet_period_s
@@ -98,7 +116,12 @@ class Node:
             series_number=settings.series_number,
         )
         self.workers = WorkerPool(self.db, runner, size=settings.workers)
-        self.http = HttpServer(self.db, host=settings.bind_address, port=settings.http_port)
+        self.http = HttpServer(
+            self.db,
+            host=settings.bind_address,
+            port=settings.http_port,
+            api_token=settings.api_token,
+        )
         self._stopped = threading.Event()
 
     def _route(self, session: Session, series: Series) -> None:
@@ -115,6 +138,8 @@ class Node:
         )
         self.listener.start()  # binding first: a taken port fails before any work starts
         self.http.start()
+        if self.settings.min_free_disk_mb == 0:
+            log.warning("ingest.disk_check_off", reason="min_free_disk_mb is 0")
         self.watcher.start()
         self.workers.start()
         log.info("node.started", ae_title=self.settings.ae_title, port=self.listener.port)

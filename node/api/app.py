@@ -1,21 +1,35 @@
-"""The HTTP API: health and the job queue, read-only, as JSON. A thin shell over the services."""
+"""The HTTP API: health and the job queue, read-only, as JSON. A thin shell over the services.
+
+With an API token set, every request but ``GET /health`` must carry ``Authorization: Bearer
+<token>``; others get ``401`` as ``application/problem+json``. The comparison takes the same time
+whatever the token sent, and neither the token nor any request header is ever logged.
+"""
 
 from __future__ import annotations
 
+import hmac
 import socket
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import SecretStr
 from sqlalchemy import text
 
 from node.jobs.queue import get_job, list_jobs
-from node.logging import short_uid
+from node.logging import get_logger, short_uid
 from node.store.database import Database
 from node.store.models import Job, JobState
 
-__all__ = ["HttpServer", "create_app"]
+__all__ = ["OPEN_PATHS", "HttpServer", "create_app"]
+
+#: Paths served without a token (a load balancer's or orchestrator's health probe).
+OPEN_PATHS = frozenset({"/health"})
+
+log = get_logger(__name__)
 
 
 def _job_summary(job: Job) -> dict[str, Any]:
@@ -33,9 +47,43 @@ def _job_summary(job: Job) -> dict[str, Any]:
     }
 
 
-def create_app(db: Database) -> FastAPI:
-    """The ASGI application over the index ``db``."""
+def _unauthorized(detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": detail},
+        status_code=401,
+        media_type="application/problem+json",
+        headers={"WWW-Authenticate": 'Bearer realm="pacs-ai-node"'},
+    )
+
+
+def _bearer_token(request: Request) -> bytes | None:
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return None
+    return credentials.strip().encode("utf-8", "surrogateescape")
+
+
+def create_app(db: Database, *, api_token: SecretStr | None = None) -> FastAPI:
+    """The ASGI application over the index ``db``; with ``api_token``, requests need it."""
     app = FastAPI(title="pacs-ai-node", docs_url=None, redoc_url=None)
+
+    if api_token is not None:
+        expected = api_token.get_secret_value().encode("utf-8")
+
+        @app.middleware("http")
+        async def require_token(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            # A middleware, not a per-route dependency: routes added later, and unknown paths,
+            # are closed too.
+            if request.url.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
+                return await call_next(request)
+            presented = _bearer_token(request)
+            if presented is None:
+                return _unauthorized("this API needs an Authorization: Bearer token")
+            if not hmac.compare_digest(presented, expected):
+                return _unauthorized("the bearer token is not valid")
+            return await call_next(request)
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -81,17 +129,30 @@ def create_app(db: Database) -> FastAPI:
 class HttpServer:
     """Runs the API with uvicorn in a background thread."""
 
-    def __init__(self, db: Database, *, host: str, port: int) -> None:
+    def __init__(
+        self, db: Database, *, host: str, port: int, api_token: SecretStr | None = None
+    ) -> None:
         config = uvicorn.Config(
-            create_app(db), host=host, port=port, log_config=None, access_log=False
+            create_app(db, api_token=api_token),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,  # request lines and headers are never logged
         )
         self._host, self._port = host, port
+        self._is_open = api_token is None
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Bind (raising ``OSError`` here if the port is taken), then serve in a thread."""
         sock = socket.create_server((self._host, self._port), reuse_port=False)
+        if self._is_open:
+            log.warning(
+                "api.open",
+                http_port=self._port,
+                reason="no api_token set: anyone who reaches this port can read the job list",
+            )
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
         )

@@ -140,6 +140,13 @@ def _record(
             )
             series.instance_count += 1
         else:
+            if existing.series_id != series.id:
+                # Re-sent under another series: it now belongs there, and only there.
+                previous = session.get(Series, existing.series_id)
+                if previous is not None:
+                    previous.instance_count -= 1
+                existing.series_id = series.id
+                series.instance_count += 1
             existing.path, existing.size, existing.received_at = path, size, now
             existing.transfer_syntax_uid = record.transfer_syntax_uid
             existing.association_id = association_id

@@ -77,7 +77,7 @@ def _series_copies(lidc_dir: Path, out: Path, count: int) -> list[list[Path]]:
         for k, source in enumerate(slab):
             ds = source.copy()
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-            ds.SOPInstanceUID = generate_uid(entropy_srcs=["crash-sop", str(number), str(k)])
+            ds.SOPInstanceUID = generate_uid(entropy_srcs=["crash-sop", f"{number}/{k}"])
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             path = folder / f"{k:02d}.dcm"
             ds.save_as(path)
@@ -125,14 +125,15 @@ def test_node_killed_at_many_points_loses_nothing_and_duplicates_nothing(
     )
     data_dir = Path(config["data_dir"])
     log_path = tmp_path / "node" / "node.log"
-    named = sorted(p for p in POINTS if not p.startswith("ingest."))
+    named = sorted(POINTS)
     acknowledged: set[str] = set()
     kills: list[str] = []
     start_times: list[float] = []
 
     for number, files in enumerate(series):
         armed = named[number % len(named)] if number % 2 == 0 else None
-        env = {CRASH_ENV: armed} if armed else {}
+        count = rng.randint(1, SLICES) if armed and armed.startswith("ingest.") else 1
+        env = {CRASH_ENV: f"{armed}:{count}"} if armed else {}
         started = time.monotonic()
         node = launch_node(config_path, config, log_path, extra_env=env, may_die=True)
         start_times.append(time.monotonic() - started)

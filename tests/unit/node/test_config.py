@@ -118,3 +118,79 @@ def test_config_check_command(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["config", "check", "--config", str(config)])
     assert bad.exit_code == 1
     assert "version '99' is not in" in bad.output
+
+
+def test_security_and_watermark_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in __import__("os").environ if n.startswith("NODE_")]:
+        monkeypatch.delenv(name)
+    settings = load_settings(None)
+    assert settings.require_called_ae_title is True
+    assert settings.max_associations == 32
+    assert settings.min_free_disk_mb == 1024
+    assert settings.max_image_pixels == 512 * 1024 * 1024
+    assert settings.api_token is None
+    assert settings.tls.port is None
+
+
+def test_api_token_from_the_environment_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODE_API_TOKEN", "not-to-be-seen-anywhere")
+    settings = load_settings(None)
+    assert settings.api_token is not None
+    assert settings.api_token.get_secret_value() == "not-to-be-seen-anywhere"
+    assert "not-to-be-seen-anywhere" not in repr(settings)
+    assert "not-to-be-seen-anywhere" not in str(settings.model_dump(mode="json"))
+
+
+def test_tls_paths_are_relative_to_the_file_and_env_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(
+        tmp_path,
+        "tls: {port: 2762, certificate: certs/node.crt, private_key: certs/node.key,"
+        " ca_certificates: /etc/ca.pem, require_client_certificate: true}\n",
+    )
+    monkeypatch.setenv("NODE_TLS__PORT", "11113")
+    settings = load_settings(path)
+    assert settings.tls.port == 11113
+    assert settings.tls.certificate == tmp_path / "certs" / "node.crt"
+    assert settings.tls.private_key == tmp_path / "certs" / "node.key"
+    assert settings.tls.ca_certificates == Path("/etc/ca.pem")
+    assert settings.tls.require_client_certificate is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tls: {port: 2762}\n", "tls.port needs tls.certificate and tls.private_key"),
+        (
+            "tls: {require_client_certificate: true}\n",
+            "tls.require_client_certificate needs tls.ca_certificates",
+        ),
+        ("min_free_disk_mb: -1\n", "greater than or equal to 0"),
+        ("max_image_pixels: 0\n", "greater than or equal to 1"),
+        ("tls: {port: 70000, certificate: a, private_key: b}\n", "less than or equal to 65535"),
+        ("api_token: short-token\n", "16 characters or more"),
+    ],
+)
+def test_invalid_security_settings_name_the_problem(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(_write(tmp_path, text))
+
+
+def test_a_rejected_token_is_not_echoed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODE_API_TOKEN", "tiny-secret")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_write(tmp_path, "{}\n"))
+    assert caught.value.key == "api_token"
+    assert "tiny-secret" not in str(caught.value)
+
+
+def test_readme_documents_every_tls_key() -> None:
+    from node.config import TlsSettings
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    missing = [k for k in TlsSettings.model_fields if f"| `tls.{k}` |" not in readme]
+    assert missing == []
+    assert "## Security" in readme

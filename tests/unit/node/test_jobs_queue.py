@@ -164,6 +164,7 @@ def test_final_states_are_final() -> None:
         JobState.DONE,
         JobState.FAILED,
         JobState.REJECTED,
+        JobState.DEAD,
     }
 
 
@@ -194,3 +195,22 @@ def test_instance_after_routing_is_kept_but_not_routed_again(db: Database) -> No
     with db.session() as session:
         assert session.scalars(select(Series)).one().instance_count == 3
         assert len(session.scalars(select(Job)).all()) == 1
+
+
+def test_instance_resent_under_another_series_moves_there(db: Database) -> None:
+    _receive(db, 2, association=None, series_uid="1.2.3.4")
+    moved = InstanceRecord(
+        "1.2.3.4.1",
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.3.5",
+        "1.2.3",
+        "1.2.840.10008.1.2",
+        {"Modality": "CT"},
+        None,
+    )
+    record_instance(
+        db, moved, path="instances/y/1.dcm", size=1, association_id=None, calling_ae_title="ORTHANC"
+    )
+    with db.session() as session:
+        counts = {s.series_instance_uid: s.instance_count for s in session.scalars(select(Series))}
+    assert counts == {"1.2.3.4": 1, "1.2.3.5": 1}
