@@ -100,9 +100,12 @@ def start_storescp(
 
 @contextmanager
 def running_listener(
-    tmp_path: Path, *, ae_title: str = "AINODE", allowed: list[str] | None = None
+    tmp_path: Path, *, ae_title: str = "AINODE", allowed: list[str] | None = None, **options: Any
 ) -> Iterator[DimseListener]:
-    """The node's DICOM listener in this process, on a free port, over a fresh spool and index."""
+    """The node's DICOM listener in this process, on a free port, over a fresh spool and index.
+
+    ``options`` go to :class:`DimseListener` (TLS, disk watermark, limits, ...).
+    """
     db = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
     db.create_schema()
     listener = DimseListener(
@@ -112,6 +115,7 @@ def running_listener(
         spool=Spool(tmp_path / "spool"),
         db=db,
         allowed_calling_ae_titles=allowed or [],
+        **options,
     )
     listener.start()
     try:

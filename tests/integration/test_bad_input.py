@@ -36,7 +36,7 @@ from node.ingest.dimse import STATUS_CANNOT_UNDERSTAND, DimseListener
 from node.logging import ALLOWED_KEYS
 from node.store.models import Instance, Series
 from tests.fuzz.corpus import file_with_meta, raw_sender
-from tests.peers import c_store, free_port, running_listener, storescu
+from tests.peers import c_store, running_listener, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -287,26 +287,8 @@ def test_giant_declared_dimensions_are_refused(
 def test_giant_dimensions_under_a_raised_limit_still_need_their_pixel_data(
     tmp_path: Path, shared_data: Path
 ) -> None:
-    from node.store.database import Database
-    from node.store.spool import Spool
-
-    db = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
-    db.create_schema()
-    listener = DimseListener(
-        ae_title="AINODE",
-        bind_address="127.0.0.1",
-        port=free_port(),
-        spool=Spool(tmp_path / "spool"),
-        db=db,
-        allowed_calling_ae_titles=[],
-        max_image_pixels=2**33,
-    )
-    listener.start()
-    try:
+    with running_listener(tmp_path, max_image_pixels=2**33) as listener:
         status, comment = send_with_comment(listener.port, _giant(shared_data))
-    finally:
-        listener.stop()
-        db.dispose()
     assert status == STATUS_CANNOT_UNDERSTAND
     assert comment == f"pixel data has 32768 bytes, {65535 * 65535 * 2} needed"
 

@@ -29,34 +29,11 @@ from node.ingest.tls import server_context
 from node.logging import ALLOWED_KEYS
 from node.store.database import Database
 from node.store.models import Instance
-from node.store.spool import Spool
-from tests.peers import free_port, nodelay_env, port_open, storescu, wait_for
+from tests.peers import free_port, nodelay_env, port_open, running_listener, storescu, wait_for
 
 pytestmark = pytest.mark.integration
 
 MB = 1024 * 1024
-
-
-@contextmanager
-def listener_with(tmp_path: Path, **options: Any) -> Iterator[DimseListener]:
-    """The node's listener in this process with extra options (TLS, disk watermark, ...)."""
-    db = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
-    db.create_schema()
-    server = DimseListener(
-        ae_title="AINODE",
-        bind_address="127.0.0.1",
-        port=free_port(),
-        spool=Spool(tmp_path / "spool"),
-        db=db,
-        allowed_calling_ae_titles=[],
-        **options,
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        db.dispose()
 
 
 def instance_count(listener: DimseListener) -> int:
@@ -86,7 +63,7 @@ def assert_no_phi(events: list[dict[str, Any]]) -> None:
 
 
 def test_wrong_called_ae_title_is_rejected_and_logged(tmp_path: Path) -> None:
-    with listener_with(tmp_path) as listener, capture_logs() as logs:
+    with running_listener(tmp_path) as listener, capture_logs() as logs:
         refused = echo(listener.port, called="SOMEONE_ELSE")
         assert refused.returncode != 0
         assert "called ae title not recognized" in (refused.stdout + refused.stderr).lower()
@@ -97,7 +74,7 @@ def test_wrong_called_ae_title_is_rejected_and_logged(tmp_path: Path) -> None:
 
 
 def test_called_ae_title_check_can_be_turned_off(tmp_path: Path) -> None:
-    with listener_with(tmp_path, require_called_ae_title=False) as listener:
+    with running_listener(tmp_path, require_called_ae_title=False) as listener:
         assert echo(listener.port, called="ANY_TITLE").returncode == 0
 
 
@@ -175,7 +152,7 @@ def tls_listener(
         ca_certificates=certificates.ca,
         require_client_certificate=require_client_certificate,
     )
-    with listener_with(tmp_path, tls_port=free_port(), ssl_context=context) as listener:
+    with running_listener(tmp_path, tls_port=free_port(), ssl_context=context) as listener:
         yield listener
 
 
@@ -371,7 +348,7 @@ def test_low_disk_rejects_new_associations_transiently_and_keeps_what_is_stored(
     files = sorted(lidc_dir.glob("*.dcm"))[:4]
     disk = FakeDisk(10_000 * MB)
     with (
-        listener_with(tmp_path, min_free_disk_bytes=1024 * MB, free_disk_bytes=disk) as listener,
+        running_listener(tmp_path, min_free_disk_bytes=1024 * MB, free_disk_bytes=disk) as listener,
         capture_logs() as logs,
     ):
         assert storescu(listener.port, files[:2]).returncode == 0
@@ -403,7 +380,7 @@ def test_disk_filling_during_an_association_answers_out_of_resources(
     first, second = (pydicom.dcmread(p) for p in sorted(lidc_dir.glob("*.dcm"))[:2])
     disk = FakeDisk(10_000 * MB)
     with (
-        listener_with(tmp_path, min_free_disk_bytes=1024 * MB, free_disk_bytes=disk) as listener,
+        running_listener(tmp_path, min_free_disk_bytes=1024 * MB, free_disk_bytes=disk) as listener,
         capture_logs() as logs,
     ):
         ae = AE(ae_title="SENDER")
@@ -430,7 +407,10 @@ def test_watermark_with_the_real_free_space_probe(tmp_path: Path, lidc_dir: Path
 
     free = shutil.disk_usage(tmp_path).free
     watermark = free + 1024 * 1024 * MB  # a TiB more than there is
-    with listener_with(tmp_path, min_free_disk_bytes=watermark) as listener, capture_logs() as logs:
+    with (
+        running_listener(tmp_path, min_free_disk_bytes=watermark) as listener,
+        capture_logs() as logs,
+    ):
         refused = storescu(listener.port, sorted(lidc_dir.glob("*.dcm"))[:1])
         assert refused.returncode != 0
         assert "temporary congestion" in (refused.stdout + refused.stderr).lower()
@@ -503,7 +483,7 @@ def test_node_serves_tls_guards_its_api_and_watches_its_disk(
 
 
 def test_associations_beyond_the_limit_are_rejected_transiently(tmp_path: Path) -> None:
-    with listener_with(tmp_path, max_associations=1) as listener, capture_logs() as logs:
+    with running_listener(tmp_path, max_associations=1) as listener, capture_logs() as logs:
         # Port probes (a load balancer's TCP check) are not associations: pynetdicom alone would
         # count each against the limit for 30 s.
         for _ in range(3):
