@@ -8,6 +8,7 @@ segmentation service and on the viewport's pixels, and writes screenshots as tes
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,8 +144,14 @@ def test_ohif_shows_the_lung_seg_on_its_source_slices(
         assert segmentation_labels(page) == [str(seg.SeriesDescription)]
 
         show_instance(page, uids[fullest])
-        pixels = viewport_pixels(page, "seg-on-lung-slice.png")
-        shown = tinted(pixels, segment_rgb)
+        # Software WebGL on a busy CI machine may take a while to draw the overlay: wait for it.
+        deadline = time.monotonic() + 30
+        shown = tinted(viewport_pixels(page), segment_rgb)
+        while shown.mean() <= 0.05 and time.monotonic() < deadline:
+            page.wait_for_timeout(500)
+            shown = tinted(viewport_pixels(page), segment_rgb)
+        page.wait_for_timeout(500)  # one more frame, then the picture the test judges
+        shown = tinted(viewport_pixels(page, "seg-on-lung-slice.png"), segment_rgb)
         expected = _expected_on_screen(
             masks[fullest],
             volume.datasets[fullest],
