@@ -13,13 +13,14 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=600 -q -y
 CONFIG ?= deploy/node.yaml
 
-.PHONY: help install system-deps viewer-deps run demo test test-fast lint typecheck check train clean
+.PHONY: help install system-deps viewer-deps run demo bench test test-fast lint typecheck check train clean
 
 help:
 	@echo "make run        install what is missing, then start the node ($(CONFIG))"
 	@echo "make test       install what is missing (system packages too), run ruff, mypy and every test"
 	@echo "make test-fast  the tests without the slow end-to-end ones"
 	@echo "make demo       Orthanc + the node + the OHIF viewer, with a chest CT sent through"
+	@echo "make bench      receive throughput of the node against storescp and Orthanc"
 	@echo "make check      ruff and mypy"
 	@echo "make train      retrain the shipped lung model from ../shared/data"
 
@@ -65,6 +66,9 @@ test-fast: install viewer-deps
 
 demo: install viewer-deps
 	$(BIN)/python -m tests.demo
+
+bench: install system-deps
+	$(BIN)/python -m tests.bench.ingest
 
 lint: install
 	$(BIN)/ruff check .
