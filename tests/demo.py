@@ -52,13 +52,7 @@ def main() -> None:
             workdir / "node",
             dicom_port=_port(11112),
             http_port=_port(8080),
-            destinations={
-                "pacs": {
-                    "host": "127.0.0.1",
-                    "port": orthanc.dicom_port,
-                    "ae_title": orthanc.ae_title,
-                }
-            },
+            destinations=orthanc.as_destination(),
         )
         try:
             with viewer_server(f"{orthanc.url}/dicom-web", port=_port(3000)) as viewer_url:
@@ -79,18 +73,13 @@ def _send_sample(orthanc: Orthanc, ae_title: str, port: int, sample: Path, viewe
     print(
         f"uploading {len(files)} instances to Orthanc and pushing them to the node ...", flush=True
     )
-    ids = orthanc.upload(files)
-    series = orthanc.request("GET", f"/instances/{ids[0]}/series")
-    orthanc.add_modality("ainode", ae_title=ae_title, port=port)
-    orthanc.request(
-        "POST", "/modalities/ainode/store", {"Resources": [series["ID"]], "Synchronous": True}
+    series = orthanc.push_to_node(files, ae_title=ae_title, port=port)
+    wait_for(
+        lambda: bool(orthanc.seg_series(series["ParentStudy"])),
+        timeout_s=300,
+        interval_s=0.5,
+        what="the node's SEG in Orthanc",
     )
-
-    def has_seg() -> bool:
-        found = orthanc.request("GET", f"/studies/{series['ParentStudy']}/series")
-        return any(s["MainDicomTags"].get("Modality") == "SEG" for s in found)
-
-    wait_for(has_seg, timeout_s=300, interval_s=0.5, what="the node's SEG in Orthanc")
     study = orthanc.request("GET", f"/studies/{series['ParentStudy']}")
     study_uid = study["MainDicomTags"]["StudyInstanceUID"]
     print(

@@ -186,6 +186,26 @@ class Orthanc:
             "PUT", f"/modalities/{name}", {"AET": ae_title, "Host": "127.0.0.1", "Port": port}
         )
 
+    def as_destination(self) -> dict[str, dict[str, Any]]:
+        """The node's ``destinations`` setting that sends results here, as ``pacs``."""
+        return {"pacs": {"host": "127.0.0.1", "port": self.dicom_port, "ae_title": self.ae_title}}
+
+    def push_to_node(self, paths: list[Path], *, ae_title: str, port: int) -> dict[str, Any]:
+        """Upload ``paths`` (one series) and have Orthanc C-STORE it to the node, as a PACS
+        routing rule would; return Orthanc's series resource (``ID``, ``ParentStudy``, ...)."""
+        ids = self.upload(paths)
+        series: dict[str, Any] = self.request("GET", f"/instances/{ids[0]}/series")
+        self.add_modality("ainode", ae_title=ae_title, port=port)
+        self.request(
+            "POST", "/modalities/ainode/store", {"Resources": [series["ID"]], "Synchronous": True}
+        )
+        return series
+
+    def seg_series(self, study_id: str) -> list[dict[str, Any]]:
+        """The SEG series Orthanc holds in a study."""
+        found: list[dict[str, Any]] = self.request("GET", f"/studies/{study_id}/series")
+        return [s for s in found if s["MainDicomTags"].get("Modality") == "SEG"]
+
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 

@@ -119,9 +119,7 @@ def test_node_killed_at_many_points_loses_nothing_and_duplicates_nothing(
         tmp_path / "node",
         rules_file=str(rules),
         quiet_period_s=0.3,
-        destinations={
-            "pacs": {"host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.ae_title}
-        },
+        destinations=orthanc.as_destination(),
     )
     data_dir = Path(config["data_dir"])
     log_path = tmp_path / "node" / "node.log"

@@ -40,40 +40,26 @@ def node(tmp_path: Path, orthanc: Orthanc) -> Iterator[RunningNode]:
     running = start_node(
         tmp_path / "node",
         allowed_calling_ae_titles=[orthanc.ae_title],
-        destinations={
-            "pacs": {"host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.ae_title}
-        },
+        destinations=orthanc.as_destination(),
     )
     yield running
     stop_process(running.process)
-
-
-def _seg_series(orthanc: Orthanc, study_id: str) -> list[dict[str, object]]:
-    series = orthanc.request("GET", f"/studies/{study_id}/series")
-    return [s for s in series if s["MainDicomTags"].get("Modality") == "SEG"]
 
 
 def test_series_pushed_by_orthanc_comes_back_as_a_valid_lung_seg(
     orthanc: Orthanc, node: RunningNode, lidc_dir: Path, shared_data: Path, tmp_path: Path
 ) -> None:
     files = sorted(lidc_dir.glob("*.dcm"))
-    instance_ids = orthanc.upload(files)
-    source_series = orthanc.request("GET", f"/instances/{instance_ids[0]}/series")
+    source_series = orthanc.push_to_node(files, ae_title=node.ae_title, port=node.dicom_port)
     study_id = source_series["ParentStudy"]
-    orthanc.add_modality("ainode", ae_title=node.ae_title, port=node.dicom_port)
-    orthanc.request(
-        "POST",
-        "/modalities/ainode/store",
-        {"Resources": [source_series["ID"]], "Synchronous": True},
-    )
 
     wait_for(
-        lambda: bool(_seg_series(orthanc, study_id)),
+        lambda: bool(orthanc.seg_series(study_id)),
         timeout_s=240,
         interval_s=0.5,
         what=f"a SEG in Orthanc (node log: {node.log_path})",
     )
-    [seg_series] = _seg_series(orthanc, study_id)
+    [seg_series] = orthanc.seg_series(study_id)
     [seg_instance] = seg_series["Instances"]
     seg_path = tmp_path / "seg.dcm"
     seg_path.write_bytes(orthanc.request("GET", f"/instances/{seg_instance}/file"))
@@ -178,7 +164,7 @@ def test_job_killed_mid_inference_finishes_once_after_restart(
         )
         study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
         [study_id] = orthanc.request("POST", "/tools/lookup", raw=str(study).encode())
-        segs = _seg_series(orthanc, study_id["ID"])
+        segs = orthanc.seg_series(study_id["ID"])
         assert len(segs) == 1
         assert len(segs[0]["Instances"]) == 1
         shown = restarted.cli("jobs", "show", "1")

@@ -47,19 +47,10 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
 def node(tmp_path: Path, orthanc: Orthanc) -> Iterator[RunningNode]:
     running = start_node(
         tmp_path / "node",
-        destinations={
-            "pacs": {"host": "127.0.0.1", "port": orthanc.dicom_port, "ae_title": orthanc.ae_title}
-        },
+        destinations=orthanc.as_destination(),
     )
     yield running
     stop_process(running.process)
-
-
-def _seg_instances(orthanc: Orthanc, study_id: str) -> list[str]:
-    series = orthanc.request("GET", f"/studies/{study_id}/series")
-    return [
-        i for s in series if s["MainDicomTags"].get("Modality") == "SEG" for i in s["Instances"]
-    ]
 
 
 def _expected_on_screen(
@@ -103,19 +94,15 @@ def test_ohif_shows_the_lung_seg_on_its_source_slices(
     orthanc: Orthanc, node: RunningNode, lidc_dir: Path, tmp_path: Path
 ) -> None:
     files = sorted(lidc_dir.glob("*.dcm"))
-    instance_ids = orthanc.upload(files)
-    series = orthanc.request("GET", f"/instances/{instance_ids[0]}/series")
-    orthanc.add_modality("ainode", ae_title=node.ae_title, port=node.dicom_port)
-    orthanc.request(
-        "POST", "/modalities/ainode/store", {"Resources": [series["ID"]], "Synchronous": True}
-    )
+    series = orthanc.push_to_node(files, ae_title=node.ae_title, port=node.dicom_port)
     wait_for(
-        lambda: bool(_seg_instances(orthanc, series["ParentStudy"])),
+        lambda: bool(orthanc.seg_series(series["ParentStudy"])),
         timeout_s=240,
         interval_s=0.5,
         what=f"a SEG in Orthanc (node log: {node.log_path})",
     )
-    [seg_id] = _seg_instances(orthanc, series["ParentStudy"])
+    [seg_series] = orthanc.seg_series(series["ParentStudy"])
+    [seg_id] = seg_series["Instances"]
     seg_path = tmp_path / "seg.dcm"
     seg_path.write_bytes(orthanc.request("GET", f"/instances/{seg_id}/file"))
     seg = hd.seg.segread(seg_path)

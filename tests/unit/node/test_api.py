@@ -11,7 +11,7 @@ from node.assembly.watcher import CompletenessWatcher
 from node.routing.dispatch import dispatch_series
 from node.routing.rules import RuleSet
 from node.store.database import Database
-from node.store.index import InstanceRecord, record_instance
+from tests.unit.node.records import ct_record, store
 
 
 def test_health_and_jobs(tmp_path: Path) -> None:
@@ -30,22 +30,7 @@ def test_health_and_jobs(tmp_path: Path) -> None:
             ]
         }
     )
-    record_instance(
-        db,
-        InstanceRecord(
-            "1.2.3.4.1",
-            "1.2.840.10008.5.1.4.1.1.2",
-            "1.2.3.4",
-            "1.2.3",
-            "1.2.840.10008.1.2",
-            {"Modality": "CT"},
-            None,
-        ),
-        path="instances/a.dcm",
-        size=1,
-        association_id=None,
-        calling_ae_title="X",
-    )
+    store(db, ct_record("1.2.3.4.1"))
     CompletenessWatcher(
         db, lambda s, series: dispatch_series(s, series, rules), quiet_period_s=0
     ).poll()

@@ -13,14 +13,9 @@ from node.jobs.queue import claim_next, get_job, recover_jobs, release, transiti
 from node.routing.dispatch import dispatch_series
 from node.routing.rules import RuleSet
 from node.store.database import Database
-from node.store.index import (
-    InstanceRecord,
-    close_association,
-    open_association,
-    record_instance,
-    recover_associations,
-)
+from node.store.index import close_association, open_association, recover_associations
 from node.store.models import Job, JobState, Series, SeriesState, utcnow
+from tests.unit.node.records import ct_record, store
 
 RULES = RuleSet.model_validate(
     {
@@ -55,22 +50,10 @@ def _receive(
     modality: str = "CT",
 ) -> None:
     for k in range(n):
-        record = InstanceRecord(
-            sop_instance_uid=f"{series_uid}.{k + 1}",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-            series_instance_uid=series_uid,
-            study_instance_uid="1.2.3",
-            transfer_syntax_uid="1.2.840.10008.1.2",
-            routing_attributes={"Modality": modality, "ImageType": ["ORIGINAL", "AXIAL"]},
-            expected_count=expected,
-        )
-        record_instance(
+        store(
             db,
-            record,
-            path=f"instances/x/{k}.dcm",
-            size=10,
-            association_id=association,
-            calling_ae_title="ORTHANC",
+            ct_record(f"{series_uid}.{k + 1}", series_uid, expected=expected, modality=modality),
+            association=association,
         )
 
 
@@ -102,22 +85,7 @@ def test_known_instance_count_completes_without_waiting(db: Database) -> None:
     _receive(db, 1, association="a1", expected=3, series_uid="1.2.3.4")
     # The third instance repeats uid .1 (a re-send): still 2 distinct instances.
     assert _watcher(db, 3600).poll() == 0
-    record_instance(
-        db,
-        InstanceRecord(
-            "1.2.3.4.3",
-            "1.2.840.10008.5.1.4.1.1.2",
-            "1.2.3.4",
-            "1.2.3",
-            "1.2.840.10008.1.2",
-            {"Modality": "CT"},
-            3,
-        ),
-        path="instances/x/3.dcm",
-        size=10,
-        association_id="a1",
-        calling_ae_title="ORTHANC",
-    )
+    store(db, ct_record("1.2.3.4.3", expected=3), association="a1")
     assert _watcher(db, 3600).poll() == 1
 
 
@@ -171,26 +139,7 @@ def test_final_states_are_final() -> None:
 def test_instance_after_routing_is_kept_but_not_routed_again(db: Database) -> None:
     _receive(db, 2, association=None)
     assert _watcher(db, 0).poll() == 1
-    late = InstanceRecord(
-        "1.2.3.4.99",
-        "1.2.840.10008.5.1.4.1.1.2",
-        "1.2.3.4",
-        "1.2.3",
-        "1.2.840.10008.1.2",
-        {"Modality": "CT"},
-        None,
-    )
-    assert (
-        record_instance(
-            db,
-            late,
-            path="instances/x/99.dcm",
-            size=1,
-            association_id=None,
-            calling_ae_title="ORTHANC",
-        )
-        is False
-    )
+    assert store(db, ct_record("1.2.3.4.99")) is False
     assert _watcher(db, 0).poll() == 0
     with db.session() as session:
         assert session.scalars(select(Series)).one().instance_count == 3
@@ -199,18 +148,7 @@ def test_instance_after_routing_is_kept_but_not_routed_again(db: Database) -> No
 
 def test_instance_resent_under_another_series_moves_there(db: Database) -> None:
     _receive(db, 2, association=None, series_uid="1.2.3.4")
-    moved = InstanceRecord(
-        "1.2.3.4.1",
-        "1.2.840.10008.5.1.4.1.1.2",
-        "1.2.3.5",
-        "1.2.3",
-        "1.2.840.10008.1.2",
-        {"Modality": "CT"},
-        None,
-    )
-    record_instance(
-        db, moved, path="instances/y/1.dcm", size=1, association_id=None, calling_ae_title="ORTHANC"
-    )
+    store(db, ct_record("1.2.3.4.1", "1.2.3.5"))
     with db.session() as session:
         counts = {s.series_instance_uid: s.instance_count for s in session.scalars(select(Series))}
     assert counts == {"1.2.3.4": 1, "1.2.3.5": 1}
