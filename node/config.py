@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,7 +29,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from node.errors import ConfigError
 from node.ingest.header import DEFAULT_MAX_IMAGE_PIXELS
 
-__all__ = ["DimseDestination", "ExportPolicy", "Settings", "TlsSettings", "load_settings"]
+__all__ = [
+    "DicomwebDestination",
+    "DimseDestination",
+    "ExportPolicy",
+    "InferenceSettings",
+    "Settings",
+    "TlsSettings",
+    "load_settings",
+]
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 chars
 
@@ -52,6 +62,74 @@ class DimseDestination(BaseModel):
     _validate_ae = field_validator("ae_title")(_check_ae_title)
 
 
+class DicomwebDestination(BaseModel):
+    """A DICOMweb service that receives results by STOW-RS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["dicomweb"] = "dicomweb"
+    url: str = Field(
+        description="Base URL of the DICOMweb service (the part before /studies), "
+        "e.g. http://pacs:8042/dicom-web."
+    )
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token sent as Authorization: Bearer; unset: none."
+    )
+    username: str | None = Field(default=None, description="HTTP basic-auth user; unset: none.")
+    password: SecretStr | None = Field(default=None, description="HTTP basic-auth password.")
+    ca_certificates: Path | None = Field(
+        default=None, description="CA certificates (PEM) to verify an https URL against."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _validate_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("a DICOMweb URL starts with http:// or https:// and a host")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> DicomwebDestination:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        if self.token is not None and self.username is not None:
+            raise ValueError("give a token or a username and password, not both")
+        return self
+
+
+def _destination_kind(value: Any) -> str:
+    """The ``kind`` of a destination, ``dimse`` when not given (the original, only kind)."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "dimse"))
+    return str(getattr(value, "kind", "dimse"))
+
+
+Destination = Annotated[
+    Annotated[DimseDestination, Tag("dimse")] | Annotated[DicomwebDestination, Tag("dicomweb")],
+    Discriminator(_destination_kind),
+]
+
+
+class InferenceSettings(BaseModel):
+    """Where models run: in the node's process, or on a Triton Inference Server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["embedded", "triton"] = Field(
+        default="embedded",
+        description="embedded: torch in the node's process; triton: a Triton server at triton_url.",
+    )
+    triton_url: str = Field(
+        default="127.0.0.1:8001", description="host:port of Triton's gRPC (or HTTP) endpoint."
+    )
+    triton_protocol: Literal["grpc", "http"] = Field(
+        default="grpc", description="How the node talks to Triton."
+    )
+    timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest wait for one inference request or model load."
+    )
+
+
 class ExportPolicy(BaseModel):
     """How deliveries are retried."""
 
@@ -62,7 +140,7 @@ class ExportPolicy(BaseModel):
     )
     backoff_initial_s: float = Field(default=2.0, gt=0, description="Wait after the first failure.")
     backoff_max_s: float = Field(default=300.0, gt=0, description="Upper bound of the wait.")
-    timeout_s: float = Field(default=30.0, gt=0, description="Association and DIMSE timeout.")
+    timeout_s: float = Field(default=30.0, gt=0, description="Association, DIMSE and HTTP timeout.")
 
 
 class TlsSettings(BaseModel):
@@ -138,7 +216,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest Rows x Columns x NumberOfFrames x SamplesPerPixel accepted.",
     )
-    destinations: dict[str, DimseDestination] = Field(
+    destinations: dict[str, Destination] = Field(
         default_factory=dict, description="Named peers that rules send results to."
     )
     rules_file: Path = Field(
@@ -153,6 +231,7 @@ class Settings(BaseSettings):
         description="Seconds without new instances, after the association closed, before a "
         "series counts as complete.",
     )
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     workers: int = Field(default=1, ge=1, le=32, description="Jobs run at the same time.")
     torch_threads: int = Field(default=0, ge=0, description="CPU threads for torch; 0 = default.")
     export: ExportPolicy = Field(default_factory=ExportPolicy)
@@ -223,13 +302,21 @@ def load_settings(path: Path | None = None) -> Settings:
         return Settings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
-        env_name = "NODE_" + "__".join(str(part).upper() for part in first["loc"])
+        loc = _without_union_tags(first["loc"])
+        key = ".".join(str(part) for part in loc)
+        env_name = "NODE_" + "__".join(str(part).upper() for part in loc)
         raise ConfigError(
             f"invalid setting {key!r} (environment variable {env_name}): {first['msg']}"
             + (f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""),
             key=key,
         ) from exc
+
+
+def _without_union_tags(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """``destinations.NAME.dimse.port`` (pydantic names the union member) as the user wrote it."""
+    if len(loc) > 2 and loc[0] == "destinations" and loc[2] in ("dimse", "dicomweb"):
+        return loc[:2] + loc[3:]
+    return loc
 
 
 def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -243,4 +330,17 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
         for key in ("certificate", "private_key", "ca_certificates"):
             if isinstance(tls.get(key), str) and not Path(tls[key]).is_absolute():
                 tls[key] = str((base / tls[key]).resolve())
+    destinations = resolved.get("destinations")
+    if isinstance(destinations, dict):
+        resolved["destinations"] = {
+            name: _resolve_ca(value, base) if isinstance(value, dict) else value
+            for name, value in destinations.items()
+        }
     return resolved
+
+
+def _resolve_ca(destination: dict[str, Any], base: Path) -> dict[str, Any]:
+    ca = destination.get("ca_certificates")
+    if isinstance(ca, str) and not Path(ca).is_absolute():
+        return {**destination, "ca_certificates": str((base / ca).resolve())}
+    return destination

@@ -83,16 +83,51 @@ def test_unreadable_or_malformed_file(tmp_path: Path) -> None:
 
 
 def test_readme_documents_every_key() -> None:
-    from node.config import DimseDestination, ExportPolicy, Settings
+    from node.config import (
+        DicomwebDestination,
+        DimseDestination,
+        ExportPolicy,
+        InferenceSettings,
+        Settings,
+    )
 
     readme = (REPO_ROOT / "README.md").read_text()
+    groups = {"export", "inference"}  # their keys follow
     keys = [
-        *(k for k in Settings.model_fields if k != "export"),  # a group: its keys follow
+        *(k for k in Settings.model_fields if k not in groups),
         *(f"export.{k}" for k in ExportPolicy.model_fields),
+        *(f"inference.{k}" for k in InferenceSettings.model_fields),
         *(f"destinations.NAME.{k}" for k in DimseDestination.model_fields),
+        *(f"destinations.NAME.{k}" for k in DicomwebDestination.model_fields),
     ]
     missing = [k for k in keys if f"| `{k}` |" not in readme]
     assert missing == []
+
+
+def test_destination_kinds(tmp_path: Path) -> None:
+    from node.config import DicomwebDestination, DimseDestination
+
+    settings = load_settings(
+        _write(
+            tmp_path,
+            "destinations:\n"
+            "  pacs: {host: h, port: 104, ae_title: P}\n"
+            "  web: {kind: dicomweb, url: 'http://h:8042/dicom-web/', token: abcdefgh, "
+            "ca_certificates: ca.pem}\n",
+        )
+    )
+    assert isinstance(settings.destinations["pacs"], DimseDestination)
+    web = settings.destinations["web"]
+    assert isinstance(web, DicomwebDestination)
+    assert web.url == "http://h:8042/dicom-web"
+    assert web.ca_certificates == (tmp_path / "ca.pem").resolve()
+    assert "abcdefgh" not in repr(settings)
+    with pytest.raises(ConfigError, match=r"destinations\.web"):
+        load_settings(_write(tmp_path, "destinations: {web: {kind: dicomweb, url: 'ftp://h'}}\n"))
+    with pytest.raises(ConfigError, match="go together"):
+        load_settings(
+            _write(tmp_path, "destinations: {web: {kind: dicomweb, url: 'http://h', username: u}}")
+        )
 
 
 def test_config_check_command(tmp_path: Path) -> None:
