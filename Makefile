@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools chromium openssl
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb orthanc-python dcmtk dicom3tools chromium openssl
 # The OHIF viewer the viewer tests and `make demo` use: pinned, checked against the registry's hash.
 OHIF_VERSION   := 3.13.2
 OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
@@ -29,7 +29,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[torch]' --group dev
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[torch,triton]' --group dev
 	touch $@
 
 install: $(STAMP)
