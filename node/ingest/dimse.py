@@ -24,7 +24,6 @@ open when the disk fills gets ``0xA700`` for each further C-STORE.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import threading
@@ -39,13 +38,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.errors import IngestError
-from node.faults import crash_point
-from node.ingest.header import DEFAULT_MAX_IMAGE_PIXELS, parse_instance, read_record
+from node.ingest.durable import InstanceStore, NotStored, Refusal
+from node.ingest.header import DEFAULT_MAX_IMAGE_PIXELS, read_record
 from node.ingest.tls import TlsAssociationServer
-from node.logging import get_logger, short_uid
+from node.logging import get_logger
 from node.store.database import Database
-from node.store.index import close_association, open_association, record_instance
+from node.store.index import close_association, open_association
 from node.store.spool import Spool
 
 __all__ = [
@@ -57,9 +55,9 @@ __all__ = [
 ]
 
 STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_SOP_CLASS_MISMATCH = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_OUT_OF_RESOURCES = int(Refusal.OUT_OF_RESOURCES)
+STATUS_SOP_CLASS_MISMATCH = int(Refusal.SOP_CLASS_MISMATCH)
+STATUS_CANNOT_UNDERSTAND = int(Refusal.CANNOT_UNDERSTAND)
 
 #: A-ASSOCIATE-RJ while the disk is low: rejected-transient, by the DUL service provider
 #: (presentation related), temporary congestion.
@@ -76,8 +74,6 @@ _CONTEXT_REJECTIONS = {
     0x03: "SOP class not supported",
     0x04: "no supported transfer syntax",
 }
-_MB = 1024 * 1024
-
 log = get_logger(__name__)
 
 
@@ -123,16 +119,19 @@ class DimseListener:
         tls_port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._spool = spool
+        self.store = InstanceStore(
+            spool,
+            db,
+            max_image_pixels=max_image_pixels,
+            min_free_disk_bytes=min_free_disk_bytes,
+            free_disk_bytes=free_disk_bytes,
+        )
         self._db = db
         self._address = (bind_address, port)
         self._tls_address = (bind_address, tls_port) if tls_port is not None else None
         self._ssl_context = ssl_context
         if (tls_port is None) != (ssl_context is None):
             raise ValueError("tls_port and ssl_context go together")
-        self._min_free_disk_bytes = min_free_disk_bytes
-        self._free_disk_bytes = free_disk_bytes or (lambda: shutil.disk_usage(spool.root).free)
-        self._max_image_pixels = max_image_pixels
         self._association_ids: dict[int, str] = {}
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
@@ -223,26 +222,6 @@ class DimseListener:
         with self._lock:
             return self._association_ids.get(id(event.assoc))
 
-    def _free_bytes_if_low(self) -> int | None:
-        """The free bytes on the spool's file system when below the watermark, else None."""
-        if self._min_free_disk_bytes <= 0:
-            return None
-        try:
-            free = int(self._free_disk_bytes())
-        except OSError as exc:
-            # A spool that cannot even be measured fails at write time with 0xA700.
-            log.error("ingest.disk_unknown", error=exc.strerror)
-            return None
-        return free if free < self._min_free_disk_bytes else None
-
-    def _log_disk_low(self, free: int, **fields: Any) -> None:
-        log.warning(
-            "ingest.disk_low",
-            free_mb=free // _MB,
-            min_free_mb=self._min_free_disk_bytes // _MB,
-            **fields,
-        )
-
     def _on_connection_open(self, event: evt.Event) -> None:
         transport = event.assoc.dul.socket
         sock = transport.socket if transport is not None else None
@@ -255,14 +234,14 @@ class DimseListener:
         request = event.assoc.requestor.primitive
         assert request is not None  # set before EVT_REQUESTED
         calling = str(request.calling_ae_title)
-        free = self._free_bytes_if_low()
+        free = self.store.free_bytes_if_low()
         if free is not None:
             proposed = {
                 str(context.abstract_syntax)
                 for context in request.presentation_context_definition_list
             }
             if not proposed <= {_VERIFICATION_UID}:  # C-ECHO stores nothing: let it through
-                self._log_disk_low(
+                self.store.log_disk_low(
                     free,
                     calling_ae=calling,
                     reason="association rejected (transient, temporary congestion)",
@@ -337,63 +316,14 @@ class DimseListener:
         return STATUS_SUCCESS
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
-        association_id = self._association_id(event)
-        calling = event.assoc.requestor.ae_title
-        free = self._free_bytes_if_low()
-        if free is not None:
-            self._log_disk_low(free, assoc_id=association_id, reason="C-STORE refused (0xA700)")
-            return _status(STATUS_OUT_OF_RESOURCES, "free disk space is below min_free_disk_mb")
         try:
-            data = event.encoded_dataset(include_meta=True)
-            parsed = parse_instance(data, max_image_pixels=self._max_image_pixels)
-        except IngestError as exc:
-            log.warning("instance.refused", assoc_id=association_id, reason=str(exc))
-            return _status(STATUS_CANNOT_UNDERSTAND, str(exc))
-        record = parsed.record
-        for warning in parsed.warnings:
-            log.warning("instance.bad_value", assoc_id=association_id, reason=warning)
-        announced = str(event.request.AffectedSOPClassUID)
-        if announced != record.sop_class_uid:
-            log.warning(
-                "instance.refused",
-                assoc_id=association_id,
-                reason="SOPClassUID differs from the announced AffectedSOPClassUID",
+            self.store.store(
+                event.encoded_dataset(include_meta=True),
+                source=event.assoc.requestor.ae_title,
+                association_id=(association_id := self._association_id(event)),
+                announced_sop_class=str(event.request.AffectedSOPClassUID),
+                context={"assoc_id": association_id},
             )
-            return _status(STATUS_SOP_CLASS_MISMATCH, "SOPClassUID differs from the announced one")
-        relative = self._spool.instance_path(
-            record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid
-        )
-        try:
-            size = self._spool.write(relative, data)
-        except OSError as exc:
-            log.error("instance.not_written", assoc_id=association_id, error=exc.strerror)
-            return _status(STATUS_OUT_OF_RESOURCES, "the spool cannot be written")
-        crash_point("ingest.after_write")
-        try:
-            receiving = record_instance(
-                self._db,
-                record,
-                path=str(relative),
-                size=size,
-                association_id=association_id,
-                calling_ae_title=calling,
-            )
-        except SQLAlchemyError as exc:
-            log.error("instance.not_indexed", assoc_id=association_id, error=type(exc).__name__)
-            return _status(STATUS_OUT_OF_RESOURCES, "the index cannot be written")
-        crash_point("ingest.after_index")
-        if not receiving:
-            log.warning(
-                "instance.after_routing",
-                assoc_id=association_id,
-                series=short_uid(record.series_instance_uid),
-                reason="series already routed; stored but not processed again",
-            )
-        log.debug(
-            "instance.stored",
-            assoc_id=association_id,
-            sop=short_uid(record.sop_instance_uid),
-            series=short_uid(record.series_instance_uid),
-            bytes=size,
-        )
+        except NotStored as refused:
+            return _status(refused.refusal, refused.reason)
         return STATUS_SUCCESS

@@ -55,7 +55,7 @@ def good_files(lidc_dir: Path) -> list[Path]:
 
 
 def instances(listener: DimseListener) -> list[Instance]:
-    with listener._db.session() as session:
+    with listener.store.db.session() as session:
         return list(session.scalars(select(Instance)))
 
 
@@ -121,7 +121,7 @@ def test_dataset_cut_short_on_the_wire_is_refused(
     """The bytes of a file cut in the middle of an element, sent as they are."""
     source = (shared_data / TEST_FILES / "CT_small.dcm").read_bytes()
     ds = pydicom.dcmread(io.BytesIO(source))
-    path = listener._spool.root.parent / "cut.dcm"
+    path = listener.store.spool.root.parent / "cut.dcm"
     path.write_bytes(source[: source.index(b"\x20\x00\x32\x00DS") + 12])
     with (
         capture_logs() as logs,
@@ -154,7 +154,7 @@ def test_bad_vr_value_is_stored_with_a_warning(
     assert_clean_logs(logs, pydicom.dcmread(path).SOPInstanceUID)
     [instance] = instances(listener)
     with pytest.raises(AssemblyError, match="pixel data not decodable"):  # what the job says
-        load_volume([listener._spool.absolute(instance.path)])
+        load_volume([listener.store.spool.absolute(instance.path)])
     assert_good_series_goes_through(listener, good_files)
 
 
@@ -173,7 +173,7 @@ def test_broken_codestream_is_stored_as_sent(
         sent = storescu(listener.port, [path], extra=(propose,))
     assert sent.returncode == 0, sent.stderr
     [instance] = instances(listener)
-    stored = pydicom.dcmread(listener._spool.absolute(instance.path))
+    stored = pydicom.dcmread(listener.store.spool.absolute(instance.path))
     original = pydicom.dcmread(path)
     assert stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
     assert stored.PixelData == original.PixelData
@@ -182,7 +182,7 @@ def test_broken_codestream_is_stored_as_sent(
         stored.pixel_array  # noqa: B018
     # Its job fails with a reason (these NM images are not cross-sectional, so before decoding).
     with pytest.raises(AssemblyError):
-        load_volume([listener._spool.absolute(instance.path)])
+        load_volume([listener.store.spool.absolute(instance.path)])
     assert_good_series_goes_through(listener, good_files)
 
 
@@ -203,7 +203,7 @@ def test_missing_file_meta(listener: DimseListener, shared_data: Path) -> None:
     with pytest.raises(AttributeError):
         c_store(listener.port, pydicom.dcmread(no_meta, force=True))
     raw = no_meta.read_bytes()
-    path = listener._spool.root.parent / "no_meta_as_sent.dcm"
+    path = listener.store.spool.root.parent / "no_meta_as_sent.dcm"
     sop_instance = generate_uid()
     path.write_bytes(
         file_with_meta(
@@ -226,7 +226,7 @@ def test_missing_file_meta(listener: DimseListener, shared_data: Path) -> None:
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     assert c_store(listener.port, ds) == 0x0000
     [instance] = instances(listener)
-    stored = pydicom.dcmread(listener._spool.absolute(instance.path))
+    stored = pydicom.dcmread(listener.store.spool.absolute(instance.path))
     assert stored.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert stored.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
     assert stored.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
@@ -246,15 +246,15 @@ def test_duplicate_sop_instance_uid_replaces_the_first(
     assert c_store(listener.port, changed) == 0x0000
     # The same file twice within one association, too.
     assert storescu(listener.port, [files[1], files[1]]).returncode == 0
-    with listener._db.session() as session:
+    with listener.store.db.session() as session:
         series = session.scalars(select(Series)).one()
         count = series.instance_count
         rows = list(session.scalars(select(Instance)))
     assert count == len(rows) == 3
     [row] = [r for r in rows if r.sop_instance_uid == first.SOPInstanceUID]
-    stored = pydicom.dcmread(listener._spool.absolute(row.path))
+    stored = pydicom.dcmread(listener.store.spool.absolute(row.path))
     assert stored.ImageComments == "second copy"
-    assert len(list((listener._spool.root / "instances").rglob("*.dcm"))) == 3
+    assert len(list((listener.store.spool.root / "instances").rglob("*.dcm"))) == 3
 
 
 # --- giant declared dimensions -----------------------------------------------------------------

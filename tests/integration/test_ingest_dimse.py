@@ -11,9 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from node.ingest.dimse import STATUS_CANNOT_UNDERSTAND, DimseListener
-from node.store.database import Database
 from node.store.models import Association, Instance, Series
-from node.store.spool import Spool
 from tests.peers import c_store, nodelay_env, running_listener, storescu
 
 pytestmark = pytest.mark.integration
@@ -25,19 +23,11 @@ def listener(tmp_path: Path) -> Iterator[DimseListener]:
         yield server
 
 
-def _db(listener: DimseListener) -> Database:
-    return listener._db
-
-
-def _spool(listener: DimseListener) -> Spool:
-    return listener._spool
-
-
 def test_storescu_series_is_on_disk_and_indexed(listener: DimseListener, lidc_dir: Path) -> None:
     files = sorted(lidc_dir.glob("*.dcm"))
     result = storescu(listener.port, files)
     assert result.returncode == 0, result.stderr
-    with _db(listener).session() as session:
+    with listener.store.db.session() as session:
         instances = session.scalars(select(Instance)).all()
         series = session.scalars(select(Series)).one()
         associations = session.scalars(select(Association)).all()
@@ -47,7 +37,7 @@ def test_storescu_series_is_on_disk_and_indexed(listener: DimseListener, lidc_di
         by_uid = {i.sop_instance_uid: i for i in instances}
     for path in files:
         source = pydicom.dcmread(path, stop_before_pixels=True)
-        stored = _spool(listener).absolute(by_uid[source.SOPInstanceUID].path)
+        stored = listener.store.spool.absolute(by_uid[source.SOPInstanceUID].path)
         # Stored as received: the dataset bytes after the file meta are the sender's.
         assert pydicom.dcmread(stored).PixelData == pydicom.dcmread(path).PixelData
         assert stored.stat().st_size > 0
@@ -74,9 +64,9 @@ def test_compressed_transfer_syntaxes_are_kept_as_sent(
     # storescu proposes the file's own (compressed) transfer syntax, so it travels as stored.
     result = storescu(listener.port, [path], extra=(propose,))
     assert result.returncode == 0, result.stderr
-    with _db(listener).session() as session:
+    with listener.store.db.session() as session:
         instance = session.scalars(select(Instance)).one()
-    stored = pydicom.dcmread(_spool(listener).absolute(instance.path))
+    stored = pydicom.dcmread(listener.store.spool.absolute(instance.path))
     assert str(stored.file_meta.TransferSyntaxUID) == str(sent.file_meta.TransferSyntaxUID)
     assert instance.transfer_syntax_uid == str(sent.file_meta.TransferSyntaxUID)
     assert stored.PixelData == sent.PixelData
@@ -95,9 +85,9 @@ def test_empty_uids_are_refused_with_cannot_understand(
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     assert c_store(listener.port, ds) == STATUS_CANNOT_UNDERSTAND
-    with _db(listener).session() as session:
+    with listener.store.db.session() as session:
         assert session.scalars(select(Instance)).all() == []
-    assert not list((_spool(listener).root / "instances").rglob("*.dcm"))
+    assert not list((listener.store.spool.root / "instances").rglob("*.dcm"))
 
 
 def test_listener_survives_garbage_and_keeps_serving(
@@ -145,12 +135,12 @@ def test_unwritable_spool_answers_out_of_resources_and_keeps_serving(
 
     from node.ingest.dimse import STATUS_OUT_OF_RESOURCES
 
-    instances = _spool(listener).root / "instances"
+    instances = listener.store.spool.root / "instances"
     shutil.rmtree(instances)
     instances.write_bytes(b"")  # a file where the folder should be: every write fails
     ds = pydicom.dcmread(sorted(lidc_dir.glob("*.dcm"))[0])
     assert c_store(listener.port, ds) == STATUS_OUT_OF_RESOURCES
-    with _db(listener).session() as session:
+    with listener.store.db.session() as session:
         assert session.scalars(select(Instance)).all() == []
     instances.unlink()
     instances.mkdir()

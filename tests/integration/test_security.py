@@ -37,7 +37,7 @@ MB = 1024 * 1024
 
 
 def instance_count(listener: DimseListener) -> int:
-    with listener._db.session() as session:
+    with listener.store.db.session() as session:
         return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
 
 
@@ -397,7 +397,7 @@ def test_disk_filling_during_an_association_answers_out_of_resources(
             assoc.release()
         assert instance_count(listener) == 1
     assert [e["reason"] for e in logs if e["event"] == "ingest.disk_low"] == [
-        "C-STORE refused (0xA700)"
+        "store refused (0xA700)"
     ]
     assert_no_phi(logs)
 
