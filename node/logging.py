@@ -28,7 +28,8 @@ ALLOWED_KEYS = frozenset(
         "rule", "pipeline", "model", "version", "destination", "destinations",
         "count", "instances", "slices", "anomalies", "duration_s", "bytes",
         "port", "http_port", "ae_title", "path", "workers", "recovered",
-        "free_mb", "min_free_mb",
+        "free_mb", "min_free_mb", "released", "request_id", "stored", "failed",
+        "signal", "scope",
     }
 )  # fmt: skip
 

@@ -177,7 +177,7 @@ class DimseListener:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_CONN_CLOSE, self._on_ended),
         ]
@@ -300,17 +300,21 @@ class DimseListener:
                 reason=_CONTEXT_REJECTIONS.get(context.result or 0, "rejected"),
             )
 
-    def _on_ended(self, event: evt.Event) -> None:
+    def _on_released(self, event: evt.Event) -> None:
+        """A clean A-RELEASE: the sender says it is done (a completeness signal)."""
+        self._on_ended(event, released=True)
+
+    def _on_ended(self, event: evt.Event, *, released: bool = False) -> None:
         with self._lock:
             self._requested.discard(id(event.assoc))
             association_id = self._association_ids.pop(id(event.assoc), None)
         if association_id is None:
             return
         try:
-            close_association(self._db, association_id)
+            close_association(self._db, association_id, released=released)
         except SQLAlchemyError:
             log.exception("association.close_not_recorded", assoc_id=association_id)
-        log.info("association.ended", assoc_id=association_id)
+        log.info("association.ended", assoc_id=association_id, released=released)
 
     def _on_echo(self, event: evt.Event) -> int:
         return STATUS_SUCCESS

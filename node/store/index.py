@@ -43,13 +43,13 @@ def open_association(db: Database, association_id: str, calling_ae_title: str) -
         )
 
 
-def close_association(db: Database, association_id: str) -> None:
-    """Record that an association ended (released, aborted or its connection closed)."""
+def close_association(db: Database, association_id: str, *, released: bool = False) -> None:
+    """Record that an association ended: ``released`` cleanly, or aborted or dropped."""
     with db.session() as session:
         session.execute(
             update(Association)
             .where(Association.id == association_id, Association.closed_at.is_(None))
-            .values(closed_at=utcnow())
+            .values(closed_at=utcnow(), released=released)
         )
 
 

@@ -113,6 +113,9 @@ class Association(Base):
     calling_ae_title: Mapped[str] = mapped_column(String(16))
     opened_at: Mapped[dt.datetime]
     closed_at: Mapped[dt.datetime | None]
+    released: Mapped[bool] = mapped_column(
+        default=False, doc="Ended by a clean A-RELEASE (not an abort or a dropped connection)."
+    )
 
 
 class Series(Base):
