@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from node.admin import config_cmd, jobs, rules_cmd
+from node.admin.send import send
 from node.admin.serve import serve
 
 __all__ = ["app"]
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.command("serve")(serve)
+app.command("send")(send)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(rules_cmd.app, name="rules")
 app.add_typer(jobs.app, name="jobs")

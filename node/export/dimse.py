@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT
@@ -25,6 +29,10 @@ _RETRYABLE = range(0xA700, 0xA800)
 _REJECTED_PERMANENT = 0x01
 # Success, and the warnings that still mean "stored" (coercion, elements discarded).
 _SUCCESS_OR_WARNING = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+# Little-endian syntaxes pynetdicom converts between when sending; others are proposed as they are.
+_UNCOMPRESSED = frozenset(
+    {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
+)
 
 
 class DimseExporter:
@@ -74,8 +82,8 @@ class DimseExporter:
         ae = AE(ae_title=self._calling)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._timeout
         ae.connection_timeout = self._timeout
-        for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        for sop_class, syntaxes in _contexts(datasets):
+            ae.add_requested_context(sop_class, syntaxes)
         abort_pdus: list[bool] = []
 
         def on_acse_received(event: evt.Event) -> None:
@@ -99,12 +107,23 @@ class DimseExporter:
                 )
             raise PeerUnreachable(f"no association with {self._peer}", peer=self.name)
         try:
-            accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-            refused = sorted({str(ds.SOPClassUID) for ds in datasets} - accepted)
+            accepted = {
+                (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                for cx in assoc.accepted_contexts
+                if cx.abstract_syntax and cx.transfer_syntax
+            }
+            refused = sorted(
+                {_needed_context(ds) for ds in datasets}
+                - {(sop, "") for sop, ts in accepted if ts in _UNCOMPRESSED}
+                - accepted
+            )
             if refused:
                 raise PeerRejected(
-                    f"{self._peer} accepts no presentation context for SOP class "
-                    f"{', '.join(refused)}",
+                    f"{self._peer} accepts no presentation context for "
+                    + ", ".join(
+                        f"SOP class {sop}" + (f" in transfer syntax {ts}" if ts else "")
+                        for sop, ts in refused
+                    ),
                     peer=self.name,
                     status=0,
                 )
@@ -132,6 +151,26 @@ class DimseExporter:
                 peer=self.name,
                 status=code,
             )
+
+
+def _contexts(datasets: Sequence[Dataset]) -> list[tuple[str, list[str]]]:
+    """Presentation contexts to propose: per SOP class the two uncompressed syntaxes, and one
+    more context for each other (compressed) transfer syntax the files are encoded in."""
+    contexts: set[tuple[str, tuple[str, ...]]] = set()
+    for ds in datasets:
+        sop_class, syntax = _needed_context(ds)
+        contexts.add((sop_class, (ExplicitVRLittleEndian, ImplicitVRLittleEndian)))
+        if syntax:
+            contexts.add((sop_class, (syntax,)))
+    return [(sop_class, list(syntaxes)) for sop_class, syntaxes in sorted(contexts)]
+
+
+def _needed_context(ds: Dataset) -> tuple[str, str]:
+    """(SOP class, transfer syntax) a dataset must be sent in; the syntax is empty when any
+    uncompressed one will do (pynetdicom converts between them)."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    return str(ds.SOPClassUID), "" if not syntax or syntax in _UNCOMPRESSED else syntax
 
 
 class _AbortedInReply(Exception):
