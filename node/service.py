@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from node.api.app import HttpServer
 from node.assembly.watcher import CompletenessWatcher
-from node.backends.torch import TorchBackend
+from node.backends.registry import build_backend
 from node.config import Settings
 from node.errors import ConfigError
 from node.export.registry import build_exporters
@@ -100,9 +100,7 @@ class Node:
         self.watcher = CompletenessWatcher(
             self.db, self._route, quiet_period_s=settings.quiet_period_s
         )
-        backend = TorchBackend(
-            settings.model_repository, num_threads=settings.torch_threads or None
-        )
+        backend = build_backend(settings)
         runner = JobRunner(
             db=self.db,
             spool=self.spool,
