@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSTEM_PACKAGES := orthanc orthanc-dicomweb orthanc-python dcmtk dicom3tools chromium openssl
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb orthanc-python dcmtk dicom3tools chromium openssl curl
 # The OHIF viewer the viewer tests and `make demo` use: pinned, checked against the registry's hash.
 OHIF_VERSION   := 3.13.2
 OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==

@@ -14,6 +14,7 @@ from node.backends.registry import build_backend
 from node.config import Settings
 from node.errors import ConfigError
 from node.export.registry import build_exporters
+from node.ingest.dicomweb import StowService
 from node.ingest.dimse import DimseListener
 from node.ingest.tls import server_context
 from node.jobs.queue import recover_jobs
@@ -119,6 +120,7 @@ class Node:
             host=settings.bind_address,
             port=settings.http_port,
             api_token=settings.api_token,
+            stow=StowService(self.listener.store),
         )
         self._stopped = threading.Event()
 

@@ -1,4 +1,4 @@
-"""The HTTP API: health and the job queue, read-only, as JSON. A thin shell over the services.
+"""The HTTP API: health, the job queue (read-only, JSON) and STOW-RS; a thin shell over services.
 
 With an API token set, every request but ``GET /health`` must carry ``Authorization: Bearer
 <token>``; others get ``401`` as ``application/problem+json``. The comparison takes the same time
@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from sqlalchemy import text
 
+from node.ingest.dicomweb import StowService
 from node.jobs.queue import get_job, list_jobs
 from node.logging import get_logger, short_uid
 from node.store.database import Database
@@ -63,8 +64,13 @@ def _bearer_token(request: Request) -> bytes | None:
     return credentials.strip().encode("utf-8", "surrogateescape")
 
 
-def create_app(db: Database, *, api_token: SecretStr | None = None) -> FastAPI:
-    """The ASGI application over the index ``db``; with ``api_token``, requests need it."""
+def create_app(
+    db: Database, *, api_token: SecretStr | None = None, stow: StowService | None = None
+) -> FastAPI:
+    """The ASGI application over the index ``db``; with ``api_token``, requests need it.
+
+    With ``stow``, it serves STOW-RS at ``/dicomweb/studies[/{StudyInstanceUID}]``.
+    """
     app = FastAPI(title="pacs-ai-node", docs_url=None, redoc_url=None)
 
     if api_token is not None:
@@ -123,6 +129,18 @@ def create_app(db: Database, *, api_token: SecretStr | None = None) -> FastAPI:
             ],
         }
 
+    if stow is not None:
+
+        @app.post("/dicomweb/studies")
+        async def store_instances(request: Request) -> Response:
+            """STOW-RS: store the instances of a multipart/related body."""
+            return await stow.handle(request, None)
+
+        @app.post("/dicomweb/studies/{study_instance_uid}")
+        async def store_study_instances(request: Request, study_instance_uid: str) -> Response:
+            """STOW-RS into one study: instances of another study are refused, one by one."""
+            return await stow.handle(request, study_instance_uid)
+
     return app
 
 
@@ -130,10 +148,16 @@ class HttpServer:
     """Runs the API with uvicorn in a background thread."""
 
     def __init__(
-        self, db: Database, *, host: str, port: int, api_token: SecretStr | None = None
+        self,
+        db: Database,
+        *,
+        host: str,
+        port: int,
+        api_token: SecretStr | None = None,
+        stow: StowService | None = None,
     ) -> None:
         config = uvicorn.Config(
-            create_app(db, api_token=api_token),
+            create_app(db, api_token=api_token, stow=stow),
             host=host,
             port=port,
             log_config=None,
@@ -151,7 +175,8 @@ class HttpServer:
             log.warning(
                 "api.open",
                 http_port=self._port,
-                reason="no api_token set: anyone who reaches this port can read the job list",
+                reason="no api_token set: anyone who reaches this port can read the job list "
+                "and store instances by STOW-RS",
             )
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
