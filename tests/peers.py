@@ -218,8 +218,14 @@ def start_orthanc(
     http_port: int | None = None,
     dicom_port: int | None = None,
     accept_unknown_senders: bool = True,
+    plugins: list[Path] | None = None,
+    config_overrides: dict[str, Any] | None = None,
 ) -> Orthanc:
-    """Start Debian's Orthanc with its own storage under ``workdir`` (and DICOMweb if asked)."""
+    """Start Debian's Orthanc with its own storage under ``workdir`` (and DICOMweb if asked).
+
+    ``plugins`` are loaded besides DICOMweb; ``config_overrides`` replace or add top-level keys
+    of the configuration last (e.g. the shipped ``deploy/orthanc`` settings).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = http_port or free_port(), dicom_port or free_port()
     config = {
@@ -234,11 +240,12 @@ def start_orthanc(
         "DicomCheckCalledAet": False,
         "DicomAlwaysAllowStore": accept_unknown_senders,
         "DicomModalities": {},
-        "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
+        "Plugins": ([str(DICOMWEB_PLUGIN)] if dicomweb else []) + [str(p) for p in plugins or []],
         "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
         "StableAge": 2,
         "SyncStorageArea": True,
     }
+    config.update(config_overrides or {})
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config))
     log_path = workdir / "orthanc.log"
