@@ -219,8 +219,8 @@ def _dicom_json(response: requests.Response | None) -> Dataset | None:
     if response is None or not response.content:
         return None
     media_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-    if media_type not in _JSON_TYPES:
-        return None
+    if media_type and media_type not in _JSON_TYPES:
+        return None  # none at all is read as JSON: Orthanc sends its 409 answer without one
     try:
         body = response.json()
     except ValueError:
