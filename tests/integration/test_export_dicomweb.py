@@ -35,6 +35,7 @@ from tests.peers import (
     free_port,
     nodelay_env,
     port_open,
+    start_node,
     start_orthanc,
     stop_process,
     wait_for,
@@ -72,8 +73,11 @@ def _wipe(orthanc: Orthanc) -> None:
 
 
 def start_custom_orthanc(workdir: Path, **settings: Any) -> tuple[subprocess.Popen[bytes], int]:
-    """An Orthanc with DICOMweb and extra ``settings`` (authentication, TLS), which
-    :func:`tests.peers.start_orthanc` does not take; return it and its HTTP port."""
+    """An Orthanc with DICOMweb and extra ``settings``; return it and its HTTP port.
+
+    For authentication: :func:`tests.peers.start_orthanc` waits for its REST API to answer
+    without credentials, so it never sees an Orthanc that requires them as ready.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     config = {
@@ -374,3 +378,35 @@ def test_https_is_verified_against_the_configured_ca(
         assert gate.authorizations == []  # refused before any request went out
         exporter(url, ca_certificates=certificate).send(ct_and_seg)
     assert set(stored_by_qido(pacs.url, ct_and_seg).values()) == {1}
+
+
+@pytest.mark.slow
+def test_the_node_delivers_its_seg_by_stow_rs(
+    pacs: Orthanc, lidc_dir: Path, tmp_path: Path
+) -> None:
+    # The whole node: Orthanc pushes the chest CT by C-STORE, the SEG comes back by STOW-RS.
+    node = start_node(
+        tmp_path / "node",
+        allowed_calling_ae_titles=[pacs.ae_title],
+        destinations={"pacs": {"kind": "dicomweb", "url": f"{pacs.url}/dicom-web"}},
+    )
+    try:
+        files = sorted(lidc_dir.glob("*.dcm"))
+        series = pacs.push_to_node(files, ae_title=node.ae_title, port=node.dicom_port)
+        wait_for(
+            lambda: bool(pacs.seg_series(series["ParentStudy"])),
+            timeout_s=240,
+            interval_s=0.5,
+            what=f"a SEG in Orthanc (node log: {node.log_path})",
+        )
+        wait_for(
+            lambda: "job.done" in node.log_path.read_text(),
+            timeout_s=30,
+            what="the job to be done",
+        )
+        shown = node.cli("jobs", "show", "1")
+    finally:
+        stop_process(node.process)
+    [seg] = pacs.seg_series(series["ParentStudy"])
+    assert len(seg["Instances"]) == 1
+    assert "pacs: confirmed" in shown.stdout
