@@ -211,9 +211,10 @@ class Router:
     def _sent_by(instance_id: str) -> str:
         """The calling AE title that stored this instance by DICOM ('' if it came otherwise)."""
         try:
-            return orthanc.RestApiGet(f"/instances/{instance_id}/metadata/RemoteAET").decode()
+            value: bytes = orthanc.RestApiGet(f"/instances/{instance_id}/metadata/RemoteAET")
         except orthanc.OrthancException:  # no such metadata: uploaded over REST or by a plugin
             return ""
+        return value.decode()
 
     def submit(self, series_id: str, *, attempt: int, selector: int | None = None) -> None:
         """Start an asynchronous C-STORE job of the series to the node, and remember it."""
