@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
+import pydicom.config
 
 from node.errors import NodeError, PeerUnreachable
 from node.export.base import Exporter, backoff_delay
@@ -96,20 +97,35 @@ def send_files(
 
     Files that are not DICOM (no ``DICM`` preamble, or a header that does not parse) and
     DICOMDIRs are skipped; files without a SOP Class or Instance UID fail, since no destination
-    can store them. ``progress`` is called after each batch.
+    can store them. ``progress`` is called after each batch. pydicom's value validation is off
+    meanwhile (see :func:`_values_unchecked`).
     """
     report = BulkReport(total=len(files))
-    for batch in _batches(files, report, policy):
-        try:
-            _send_batch(exporter, batch, report, policy, sleep)
-        except PeerUnreachable as exc:
-            report.stopped = str(exc)
-            report.not_attempted = report.total - report.done
-            break
-        finally:
-            if progress is not None:
-                progress(report)
+    with _values_unchecked():
+        for batch in _batches(files, report, policy):
+            try:
+                _send_batch(exporter, batch, report, policy, sleep)
+            except PeerUnreachable as exc:
+                report.stopped = str(exc)
+                report.not_attempted = report.total - report.done
+                break
+            finally:
+                if progress is not None:
+                    progress(report)
     return report
+
+
+@contextmanager
+def _values_unchecked() -> Iterator[None]:
+    """pydicom's value validation off: its warnings quote the value (a name, a birth date), and
+    files are passed on as they are, not judged."""
+    settings = pydicom.config.settings
+    saved = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = saved
 
 
 def _batches(files: list[Path], report: BulkReport, policy: BulkPolicy) -> Iterator[list[Path]]:
@@ -139,7 +155,7 @@ def _unsendable(path: Path) -> str | None:
     """Why ``path`` cannot be sent, or None. Reads the header only."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
+    except Exception:  # whatever a damaged or foreign file makes the parser raise
         return "not DICOM"
     meta = getattr(ds, "file_meta", None)
     if str(getattr(meta, "MediaStorageSOPClassUID", "")) == _DICOMDIR:
@@ -167,7 +183,7 @@ def _send_batch(
         _with_retries(exporter, batch, policy, sleep)
     except PeerUnreachable:
         raise
-    except (NodeError, OSError, ValueError, InvalidDicomError) as exc:
+    except Exception as exc:  # a refusal, or a file the exporter cannot read: isolate it
         if len(batch) == 1:
             report.failed.append((batch[0], _describe(exc)))
             return
