@@ -6,8 +6,6 @@ import signal
 import threading
 from types import FrameType
 
-from sqlalchemy.orm import Session
-
 from node.api.app import HttpServer
 from node.assembly.watcher import CompletenessWatcher
 from node.backends.registry import build_backend
@@ -22,11 +20,10 @@ from node.jobs.runner import ExportRetry, JobRunner
 from node.jobs.workers import WorkerPool
 from node.logging import get_logger
 from node.pipelines.registry import PIPELINES
-from node.routing.dispatch import dispatch_series
+from node.routing.dispatch import Dispatcher
 from node.routing.rules import RuleSet, load_rules
 from node.store.database import Database
 from node.store.index import recover_associations
-from node.store.models import Series
 from node.store.spool import Spool
 
 __all__ = ["Node", "check_rules_against_settings"]
@@ -99,7 +96,7 @@ class Node:
             ssl_context=ssl_context,
         )
         self.watcher = CompletenessWatcher(
-            self.db, self._route, quiet_period_s=settings.quiet_period_s
+            self.db, Dispatcher(self.rules), quiet_period_s=settings.quiet_period_s
         )
         backend = build_backend(settings)
         runner = JobRunner(
@@ -123,9 +120,6 @@ class Node:
             stow=StowService(self.listener.store),
         )
         self._stopped = threading.Event()
-
-    def _route(self, session: Session, series: Series) -> None:
-        dispatch_series(session, series, self.rules)
 
     def start(self) -> None:
         """Recover what a previous process left, then start every stage."""

@@ -22,7 +22,7 @@ from node.faults import crash_point
 from node.ingest.header import DEFAULT_MAX_IMAGE_PIXELS, parse_instance
 from node.logging import get_logger, short_uid
 from node.store.database import Database
-from node.store.index import InstanceRecord, record_instance
+from node.store.index import InstanceRecord, RecordOutcome, record_instance
 from node.store.spool import Spool
 
 __all__ = ["InstanceStore", "NotStored", "Refusal", "Stored"]
@@ -59,8 +59,8 @@ class Stored:
 
     record: InstanceRecord
     size: int
-    #: False when its series had already been routed (kept, but no new job is made for it).
-    receiving: bool
+    #: What it did to its series (a new instance in a routed series reopens it).
+    outcome: RecordOutcome
 
 
 class InstanceStore:
@@ -174,7 +174,7 @@ class InstanceStore:
             raise refusal from None
         crash_point("ingest.after_write")
         try:
-            receiving = record_instance(
+            outcome = record_instance(
                 self.db,
                 record,
                 path=str(relative),
@@ -187,11 +187,11 @@ class InstanceStore:
             refusal = NotStored(Refusal.OUT_OF_RESOURCES, "the index cannot be written", record)
             raise refusal from None
         crash_point("ingest.after_index")
-        if not receiving:
-            log.warning(
-                "instance.after_routing",
+        if outcome == "reopened":
+            log.info(
+                "series.reopened",
                 series=short_uid(record.series_instance_uid),
-                reason="series already routed; stored but not processed again",
+                reason="a new instance after routing; each rule's on_growth decides",
                 **fields,
             )
         log.debug(
@@ -201,4 +201,4 @@ class InstanceStore:
             bytes=size,
             **fields,
         )
-        return Stored(record, size, receiving)
+        return Stored(record, size, outcome)

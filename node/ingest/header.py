@@ -155,7 +155,7 @@ class _Parser:
                 study_instance_uid=uids["StudyInstanceUID"],
                 transfer_syntax_uid=transfer_syntax,
                 routing_attributes=self._routing_attributes(ds, encodings, uids["SOPClassUID"]),
-                expected_count=self._expected_count(ds),
+                expected_count=self._expected_count(ds, uids["SOPClassUID"]),
             ),
             tuple(self.warnings),
         )
@@ -203,7 +203,24 @@ class _Parser:
         attributes["ImageType"] = [v.strip() for v in image_type.split("\\")] if image_type else []
         return attributes
 
-    def _expected_count(self, ds: Dataset) -> int | None:
+    def _expected_count(self, ds: Dataset, sop_class_uid: str) -> int | None:
+        """The number of instances the series will have, when the header says so.
+
+        An enhanced (multi-frame) image holds the whole acquisition in one instance; a PET or
+        NM image series has NumberOfSlices x NumberOfTimeSlices images; otherwise
+        ImagesInAcquisition, when given.
+        """
+        if sop_class_uid in _ENHANCED_IMAGE_STORAGE:
+            # Read without a second warning: _check_pixels reports a bad NumberOfFrames.
+            try:
+                frames = _text_value(ds, "NumberOfFrames", [default_encoding]) or ""
+            except IngestError:
+                frames = ""
+            if frames.isdigit() and int(frames) > 1:
+                return 1
+        slices = _unsigned_short(ds, "NumberOfSlices")
+        if slices:
+            return slices * max(_unsigned_short(ds, "NumberOfTimeSlices") or 1, 1)
         count = self._integer_string(ds, "ImagesInAcquisition")
         return count if count and count > 0 else None
 
@@ -305,6 +322,24 @@ def _text_value(ds: Dataset, keyword: str, encodings: list[str]) -> str | None:
         raise IngestError(f"{keyword} cannot be decoded") from exc
     text = value if isinstance(value, str) else "\\".join(value)
     return text.strip("\0 ")
+
+
+#: Multi-frame image storage SOP classes that hold an acquisition's frames in one instance:
+#: Enhanced CT, MR, MR Color, PET, US Volume, XA, XRF, and the Legacy Converted Enhanced ones.
+_ENHANCED_IMAGE_STORAGE = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.2.1",
+        "1.2.840.10008.5.1.4.1.1.2.2",
+        "1.2.840.10008.5.1.4.1.1.4.1",
+        "1.2.840.10008.5.1.4.1.1.4.3",
+        "1.2.840.10008.5.1.4.1.1.4.4",
+        "1.2.840.10008.5.1.4.1.1.128.1",
+        "1.2.840.10008.5.1.4.1.1.130",
+        "1.2.840.10008.5.1.4.1.1.6.2",
+        "1.2.840.10008.5.1.4.1.1.12.1.1",
+        "1.2.840.10008.5.1.4.1.1.12.2.1",
+    }
+)
 
 
 def _unsigned_short(ds: Dataset, keyword: str) -> int | None:

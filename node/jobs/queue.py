@@ -29,13 +29,28 @@ __all__ = [
 LEASE = dt.timedelta(minutes=30)
 
 
-def create_job(session: Session, series: Series, rule: Rule) -> Job:
-    """Queue one job for ``series`` as ``rule`` says, inside the caller's transaction."""
+def create_job(
+    session: Session,
+    series: Series,
+    rule: Rule,
+    *,
+    scope: str = "series",
+    input_digest: str = "",
+    inputs_up_to: int | None = None,
+) -> Job:
+    """Queue one job for ``series`` as ``rule`` says, inside the caller's transaction.
+
+    ``input_digest`` and ``inputs_up_to`` pin the instances it runs on (see
+    :func:`node.store.index.input_set`).
+    """
     now = utcnow()
     job = Job(
         uid=str(uuid.uuid4()),
         series_id=series.id,
         rule_name=rule.name,
+        scope=scope,
+        input_digest=input_digest,
+        inputs_up_to=inputs_up_to,
         pipeline=rule.pipeline,
         model=rule.model,
         version=rule.version,

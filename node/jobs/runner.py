@@ -95,8 +95,12 @@ class JobRunner:
         started = time.monotonic()
         try:
             pipeline = get_pipeline(job.pipeline)
+            # A study-scope job runs, for now, on its anchor series: today's pipelines take one
+            # volume. Its inputs are pinned: instances that arrived after it was queued are not
+            # its own (they reopen the series, and its rule's on_growth decides).
             paths = [
-                self._spool.absolute(p) for p in series_instance_paths(self._db, job.series_id)
+                self._spool.absolute(p)
+                for p in series_instance_paths(self._db, job.series_id, up_to=job.inputs_up_to)
             ]
             volume = load_volume(paths)
             pipeline.check(volume)

@@ -1,35 +1,125 @@
-"""Hands complete series to routing: each becomes zero or more jobs, atomically."""
+"""Hands complete series and studies to routing: each becomes zero or more jobs, atomically.
+
+A job is queued at most once per rule and set of input instances: a series that grew after
+routing gets a new job only from rules with ``on_growth: reprocess``, and only if its instances
+really changed. Study-scope rules run when the whole study is complete.
+"""
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from node.assembly.completeness import CompleteSeries
 from node.jobs.queue import create_job
 from node.logging import get_logger, short_uid
 from node.routing.engine import SeriesFacts, route
-from node.routing.rules import RuleSet
+from node.routing.rules import Rule, RuleSet
+from node.store.index import input_set
 from node.store.models import Job, Series, SeriesState
 
-__all__ = ["dispatch_series"]
+__all__ = ["Dispatcher", "dispatch_series"]
 
 log = get_logger(__name__)
 
 
-def dispatch_series(session: Session, series: Series, rules: RuleSet) -> list[Job]:
-    """Route ``series`` and queue its jobs in the caller's transaction; mark it routed."""
-    facts = SeriesFacts.from_attributes(
+def _facts(series: Series) -> SeriesFacts:
+    return SeriesFacts.from_attributes(
         series.attributes,
         calling_ae_title=series.calling_ae_title,
         slice_count=series.instance_count,
     )
-    decision = route(rules, facts)
-    jobs = [create_job(session, series, rule) for rule in decision.rules]
+
+
+def _queue_once(session: Session, anchor: Series, rule: Rule, inputs: list[Series]) -> Job | None:
+    """Queue ``rule``'s job on ``inputs`` unless it already ran on them (or must not rerun)."""
+    digest, up_to = input_set(session, [s.id for s in inputs])
+    previous = list(
+        session.scalars(select(Job).where(Job.series_id == anchor.id, Job.rule_name == rule.name))
+    )
+    if previous and rule.on_growth == "ignore":
+        log.warning(
+            "series.growth_ignored",
+            series=short_uid(anchor.series_instance_uid),
+            rule=rule.name,
+            reason="new instances after its job; the rule's on_growth is ignore",
+        )
+        return None
+    if any(job.input_digest == digest for job in previous):
+        return None  # the same instances: that result exists already
+    return create_job(
+        session, anchor, rule, scope=rule.scope, input_digest=digest, inputs_up_to=up_to
+    )
+
+
+def dispatch_series(
+    session: Session, series: Series, rules: RuleSet, *, signal: str = "quiet"
+) -> list[Job]:
+    """Route ``series`` and queue its series-scope jobs in the caller's transaction; mark it
+    routed (and waiting for its study, when a study-scope rule matched)."""
+    decision = route(rules, _facts(series))
+    jobs: list[Job] = []
+    for rule in decision.rules:
+        if rule.scope == "study":
+            series.study_pending = True
+        elif (job := _queue_once(session, series, rule, [series])) is not None:
+            jobs.append(job)
     series.state = SeriesState.ROUTED
     log.info(
         "series.routed",
         series=short_uid(series.series_instance_uid),
         instances=series.instance_count,
+        signal=signal,
         rule=[rule.name for rule in decision.rules] or None,
         count=len(jobs),
     )
     return jobs
+
+
+class Dispatcher:
+    """Routing as the completeness watcher's handler (see :class:`CompletionHandler`)."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self._counting = [rule for rule in rules.rules if rule.expected_instances is not None]
+
+    def announced_count(self, series: Series) -> int | None:
+        """The largest ``expected_instances`` among the rules that match ``series`` now."""
+        if not self._counting:
+            return None
+        matched = route(self.rules, _facts(series)).rules
+        counts = [rule.expected_instances for rule in matched if rule.expected_instances]
+        return max(counts) if counts else None
+
+    def series_complete(self, session: Session, complete: CompleteSeries) -> list[Job]:
+        """Route a complete series."""
+        return dispatch_series(session, complete.series, self.rules, signal=complete.signal)
+
+    def study_complete(self, session: Session, study_instance_uid: str) -> list[Job]:
+        """Queue each study-scope rule once for the study, anchored on its first matching series."""
+        members = list(
+            session.scalars(
+                select(Series)
+                .where(Series.study_instance_uid == study_instance_uid)
+                .order_by(Series.id)
+            )
+        )
+        anchors: dict[str, tuple[Rule, Series]] = {}
+        for series in members:
+            series.study_pending = False
+            for rule in route(self.rules, _facts(series)).rules:
+                if rule.scope == "study":
+                    anchors.setdefault(rule.name, (rule, series))
+        jobs = [
+            job
+            for rule, anchor in anchors.values()
+            if (job := _queue_once(session, anchor, rule, members)) is not None
+        ]
+        log.info(
+            "study.routed",
+            study=short_uid(study_instance_uid),
+            count=len(jobs),
+            rule=sorted(anchors) or None,
+            scope="study",
+        )
+        return jobs

@@ -15,17 +15,27 @@ Example::
         model: lung_seg
         version: "1"
         destinations: [pacs]
+        on_growth: ignore        # or reprocess: a series that grows after routing runs again
+        expected_instances: 120  # optional: the series is complete at this count
+        scope: series            # or study: the rule sees the whole study once it is complete
     fallback: null
 
 The highest-priority matching rule wins (ties: the earlier rule in the file). A rule with
 ``continue: true`` lets lower-priority rules match too, so one series can go to several models.
 ``fallback`` names a rule used only when no rule matched; without one such series are ignored.
+
+A series that receives new instances after it was routed is reopened and completed again; each
+rule's ``on_growth`` then decides: ``ignore`` (the default) keeps its first result, ``reprocess``
+runs it again on the grown series. A job is never made twice for the same rule and the same
+instances. A ``scope: study`` rule waits until every series of the study is complete and then
+runs once for the study (a job anchored on the study's first matching series).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -77,6 +87,18 @@ class Rule(BaseModel):
     version: str
     destinations: list[str] = Field(min_length=1)
     continue_: bool = Field(default=False, alias="continue")
+    on_growth: Literal["ignore", "reprocess"] = Field(
+        default="ignore",
+        description="A series that grows after routing: keep the first result, or run again.",
+    )
+    expected_instances: int | None = Field(
+        default=None,
+        ge=1,
+        description="The series is complete as soon as it holds this many instances.",
+    )
+    scope: Literal["series", "study"] = Field(
+        default="series", description="series: each series alone; study: the complete study."
+    )
 
 
 class RuleSet(BaseModel):

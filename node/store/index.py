@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from node.store.database import Database
 from node.store.models import Association, Instance, Series, SeriesState, utcnow
 
 __all__ = [
     "InstanceRecord",
+    "RecordOutcome",
     "close_association",
+    "input_set",
     "open_association",
     "record_instance",
     "recover_associations",
@@ -33,6 +37,12 @@ class InstanceRecord:
     transfer_syntax_uid: str
     routing_attributes: dict[str, Any]
     expected_count: int | None
+
+
+#: What indexing one instance did to its series: ``added`` while receiving; ``reopened`` a new
+#: instance in a routed series (it is receiving again); ``resent`` an instance a routed series
+#: already had (nothing changes for routing).
+RecordOutcome = Literal["added", "reopened", "resent"]
 
 
 def open_association(db: Database, association_id: str, calling_ae_title: str) -> None:
@@ -70,12 +80,12 @@ def record_instance(
     size: int,
     association_id: str | None,
     calling_ae_title: str,
-) -> bool:
+) -> RecordOutcome:
     """Index an instance whose bytes are already durable at ``path`` (spool-relative).
 
     A re-sent instance (same SOP Instance UID) replaces the earlier row; the series' counters and
-    last-received time are updated in the same transaction. Returns False when the series had
-    already been routed (the instance is kept, but no new job is made for it).
+    last-received time are updated in the same transaction. A new instance in a series already
+    routed reopens it (state receiving again); see :data:`RecordOutcome`.
     """
     write = functools.partial(
         _record,
@@ -102,7 +112,7 @@ def _record(
     size: int,
     association_id: str | None,
     calling_ae_title: str,
-) -> bool:
+) -> RecordOutcome:
     now = utcnow()
     with db.session() as session:
         series = session.scalars(
@@ -125,6 +135,7 @@ def _record(
         existing = session.scalars(
             select(Instance).where(Instance.sop_instance_uid == record.sop_instance_uid)
         ).one_or_none()
+        new_to_series = existing is None or existing.series_id != series.id
         if existing is None:
             session.add(
                 Instance(
@@ -151,14 +162,33 @@ def _record(
             existing.transfer_syntax_uid = record.transfer_syntax_uid
             existing.association_id = association_id
         series.last_received_at = now
-        return series.state == SeriesState.RECEIVING
+        if series.state == SeriesState.RECEIVING:
+            return "added"
+        if not new_to_series:
+            return "resent"
+        series.state = SeriesState.RECEIVING
+        return "reopened"
 
 
-def series_instance_paths(db: Database, series_id: int) -> list[str]:
-    """The spool-relative paths of every instance of a series."""
+def series_instance_paths(db: Database, series_id: int, *, up_to: int | None = None) -> list[str]:
+    """The spool-relative paths of a series' instances (those with row id ``<= up_to`` if given)."""
+    query = select(Instance.path).where(Instance.series_id == series_id)
+    if up_to is not None:
+        query = query.where(Instance.id <= up_to)
     with db.session() as session:
-        return list(
-            session.scalars(
-                select(Instance.path).where(Instance.series_id == series_id).order_by(Instance.id)
-            )
-        )
+        return list(session.scalars(query.order_by(Instance.id)))
+
+
+def input_set(session: Session, series_ids: list[int]) -> tuple[str, int]:
+    """The identity of the instances of ``series_ids`` now: SHA-256 of their sorted SOP
+    Instance UIDs, and their highest row id (a job's inputs are those up to it)."""
+    sop_uids = session.scalars(
+        select(Instance.sop_instance_uid)
+        .where(Instance.series_id.in_(series_ids))
+        .order_by(Instance.sop_instance_uid)
+    )
+    digest = hashlib.sha256("\n".join(sop_uids).encode("ascii", "replace")).hexdigest()
+    highest = session.scalar(
+        select(func.max(Instance.id)).where(Instance.series_id.in_(series_ids))
+    )
+    return digest, int(highest or 0)

@@ -135,6 +135,9 @@ class Series(Base):
     instance_count: Mapped[int] = mapped_column(default=0)
     first_received_at: Mapped[dt.datetime]
     last_received_at: Mapped[dt.datetime]
+    study_pending: Mapped[bool] = mapped_column(
+        default=False, index=True, doc="Routed, and its study's study-scope rules not yet run."
+    )
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
 
 
@@ -159,12 +162,21 @@ class Job(Base):
     """One pipeline run on one series, its state and its result."""
 
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("series_id", "rule_name"),)
+    __table_args__ = (UniqueConstraint("series_id", "rule_name", "input_digest"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uid: Mapped[str] = mapped_column(String(36), unique=True, doc="Stable across retries.")
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     rule_name: Mapped[str] = mapped_column(String(128))
+    scope: Mapped[str] = mapped_column(
+        String(8), default="series", doc="series: its series' instances; study: the study's."
+    )
+    input_digest: Mapped[str] = mapped_column(
+        String(64), default="", doc="SHA-256 of the sorted input SOP Instance UIDs."
+    )
+    inputs_up_to: Mapped[int | None] = mapped_column(
+        doc="Highest instance row id among the inputs: later arrivals are not the job's."
+    )
     pipeline: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(64))
     version: Mapped[str] = mapped_column(String(32))

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from node.api.app import create_app
 from node.assembly.watcher import CompletenessWatcher
-from node.routing.dispatch import dispatch_series
+from node.routing.dispatch import Dispatcher
 from node.routing.rules import RuleSet
 from node.store.database import Database
 from tests.unit.node.records import ct_record, store
@@ -31,9 +31,7 @@ def test_health_and_jobs(tmp_path: Path) -> None:
         }
     )
     store(db, ct_record("1.2.3.4.1"))
-    CompletenessWatcher(
-        db, lambda s, series: dispatch_series(s, series, rules), quiet_period_s=0
-    ).poll()
+    CompletenessWatcher(db, Dispatcher(rules), quiet_period_s=0).poll()
     client = TestClient(create_app(db))
     assert client.get("/health").json() == {"status": "ok"}
     [job] = client.get("/jobs").json()

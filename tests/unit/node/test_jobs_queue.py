@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from node.assembly.watcher import CompletenessWatcher
 from node.jobs.queue import claim_next, get_job, recover_jobs, release, transition
-from node.routing.dispatch import dispatch_series
+from node.routing.dispatch import Dispatcher
 from node.routing.rules import RuleSet
 from node.store.database import Database
 from node.store.index import close_association, open_association, recover_associations
@@ -58,9 +58,7 @@ def _receive(
 
 
 def _watcher(db: Database, quiet: float) -> CompletenessWatcher:
-    return CompletenessWatcher(
-        db, lambda s, series: dispatch_series(s, series, RULES), quiet_period_s=quiet
-    )
+    return CompletenessWatcher(db, Dispatcher(RULES), quiet_period_s=quiet)
 
 
 def test_series_waits_for_its_association_then_the_quiet_period(db: Database) -> None:
@@ -136,14 +134,19 @@ def test_final_states_are_final() -> None:
     }
 
 
-def test_instance_after_routing_is_kept_but_not_routed_again(db: Database) -> None:
+def test_instance_after_routing_is_kept_but_not_processed_again_by_default(
+    db: Database,
+) -> None:
     _receive(db, 2, association=None)
     assert _watcher(db, 0).poll() == 1
-    assert store(db, ct_record("1.2.3.4.99")) is False
+    assert store(db, ct_record("1.2.3.4.1")) == "resent"  # the same instance: nothing changes
     assert _watcher(db, 0).poll() == 0
+    assert store(db, ct_record("1.2.3.4.99")) == "reopened"
+    assert _watcher(db, 0).poll() == 1  # completed again, and the rule (on_growth: ignore) ...
     with db.session() as session:
-        assert session.scalars(select(Series)).one().instance_count == 3
-        assert len(session.scalars(select(Job)).all()) == 1
+        series = session.scalars(select(Series)).one()
+        assert (series.instance_count, series.state) == (3, SeriesState.ROUTED)
+        assert len(session.scalars(select(Job)).all()) == 1  # ... keeps its first result
 
 
 def test_instance_resent_under_another_series_moves_there(db: Database) -> None:
