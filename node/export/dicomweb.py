@@ -9,7 +9,8 @@ Failures worth retrying (:class:`PeerUnreachable`): no connection, a time-out, H
 5xx, and failure reasons 0xA7xx (out of resources). Everything else is a refusal
 (:class:`PeerRejected`): its ``status`` is the failure reason when the server named one per
 instance, the HTTP status otherwise (401, 403, 404, 409, 415, ...), and 0 for an answer that
-confirms nothing.
+confirms nothing, a redirect, or a TLS certificate that does not verify against
+``ca_certificates`` (or the system's CAs).
 """
 
 from __future__ import annotations
