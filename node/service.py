@@ -96,7 +96,10 @@ class Node:
             ssl_context=ssl_context,
         )
         self.watcher = CompletenessWatcher(
-            self.db, Dispatcher(self.rules), quiet_period_s=settings.quiet_period_s
+            self.db,
+            Dispatcher(self.rules),
+            quiet_period_s=settings.quiet_period_s,
+            on_handed=lambda: self.workers.wake(),
         )
         backend = build_backend(settings)
         runner = JobRunner(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from sqlalchemy.orm import Session
@@ -38,7 +39,8 @@ class CompletenessWatcher:
     """Every ``interval_s``, hands each newly complete series, then study, to ``handler``.
 
     The handler runs inside the transaction that found the series (or study), so marking it
-    routed and queuing its jobs commit together or not at all.
+    routed and queuing its jobs commit together or not at all; ``on_handed`` is called after
+    that commit (the node wakes its workers).
     """
 
     def __init__(
@@ -48,8 +50,10 @@ class CompletenessWatcher:
         *,
         quiet_period_s: float,
         interval_s: float = 0.1,
+        on_handed: Callable[[], object] | None = None,
     ) -> None:
         self._db = db
+        self._on_handed = on_handed
         self._handler = handler
         self._quiet_period_s = quiet_period_s
         self._interval_s = interval_s
@@ -86,6 +90,8 @@ class CompletenessWatcher:
                     log.exception("assembly.handoff_failed", study=short_uid(study))
         if handed:
             crash_point("assembly.after_route")
+            if self._on_handed is not None:
+                self._on_handed()
         return handed
 
     def start(self) -> None:

@@ -23,6 +23,7 @@ class WorkerPool:
         self._size = size
         self._idle_s = idle_s
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._busy: set[int] = set()
         self._lock = threading.Lock()
@@ -35,9 +36,14 @@ class WorkerPool:
             self._threads.append(thread)
         log.info("workers.started", workers=self._size)
 
+    def wake(self) -> None:
+        """New jobs were queued: idle workers look now instead of at their next poll."""
+        self._wake.set()
+
     def stop(self, timeout_s: float = 30.0) -> None:
         """Ask the workers to stop after their current job and wait for them."""
         self._stop.set()
+        self._wake.set()
         for thread in self._threads:
             thread.join(timeout_s)
 
@@ -49,7 +55,8 @@ class WorkerPool:
                 log.exception("workers.error")
                 worked = False
             if not worked:
-                self._stop.wait(self._idle_s)
+                self._wake.wait(self._idle_s)
+                self._wake.clear()
 
     def _once(self) -> bool:
         with self._lock:
