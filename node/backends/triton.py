@@ -183,9 +183,10 @@ class TritonBackend:
         return bool(self._call("is_model_ready", model, version))
 
     def close(self) -> None:
-        """Close every client this backend opened (in any thread)."""
+        """Close every client this backend opened (in any thread); later calls open new ones."""
         with self._clients_lock:
             clients, self._clients = self._clients, []
+            self._local = threading.local()
         for client in clients:
             _close_quietly(client)
 
@@ -262,8 +263,9 @@ class TritonBackend:
                 )
             except _ModelGone:
                 raise ModelNotFound(model, version) from None
+            count = requested[0].shape()[0]
             for o in spec.outputs:
-                chunks[o.name].append(np.asarray(result.as_numpy(o.name), dtype=np.float32))
+                chunks[o.name].append(_output(model, version, result, o, count))
         return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -279,13 +281,16 @@ class TritonBackend:
             failure = _failure(exc)
             if failure is None:
                 raise
+            if method == "infer" and (
+                failure.status in _NOT_FOUND_STATUSES or "unknown model" in failure.message
+            ):
+                # Not loaded (NOT_FOUND), or being unloaded (UNAVAILABLE "... not at ready state").
+                raise _ModelGone(failure.status, failure.message) from exc
             if failure.status in _UNAVAILABLE_STATUSES or failure.status == "unreachable":
                 self._drop_client()  # a fresh channel reconnects at once when Triton is back
                 raise BackendUnavailable(
                     f"Triton at {self.url} ({self.protocol}) unavailable: {failure.message}"
                 ) from exc
-            if method == "infer" and failure.status in _NOT_FOUND_STATUSES:
-                raise _ModelGone(failure.status, failure.message) from exc
             raise BackendError(f"Triton {method}: {failure.message}") from exc
 
     def _module(self) -> Any:
@@ -372,6 +377,27 @@ def _check_inputs(
     if len(sizes) > 1:
         raise BackendError(f"{model}/{version}: inputs have different batch sizes {sorted(sizes)}")
     return arrays
+
+
+def _output(
+    model: str, version: str, result: Any, spec: _TensorSpec, count: int
+) -> npt.NDArray[np.float32]:
+    """One output of an inference result, checked against the model's dims and batch size."""
+    try:
+        array = result.as_numpy(spec.name)
+    except (ValueError, TypeError) as exc:  # e.g. a payload that does not fit its shape
+        raise BackendError(f"{model}/{version}: unusable output {spec.name!r} ({exc})") from exc
+    if array is None:
+        raise BackendError(f"{model}/{version}: Triton returned no output {spec.name!r}")
+    if (
+        array.ndim != len(spec.dims) + 1
+        or array.shape[0] != count
+        or any(d not in (-1, n) for d, n in zip(spec.dims, array.shape[1:], strict=True))
+    ):
+        raise BackendError(
+            f"{model}/{version}: output {spec.name!r} has shape {array.shape} for {count} items"
+        )
+    return np.asarray(array, dtype=np.float32)
 
 
 def _tensor(item: dict[str, Any], max_batch: int) -> _TensorSpec:
