@@ -14,6 +14,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from pydicom import config as pydicom_config
 from pynetdicom import _config as pynetdicom_config
 
 __all__ = ["ALLOWED_KEYS", "configure_logging", "get_logger", "short_uid"]
@@ -86,6 +87,13 @@ def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
     # highdicom names the datasets it copies from): only their warnings and errors get through.
     root.setLevel(max(logging.WARNING, logging.getLevelName(level)))
     logging.getLogger("node").setLevel(level)
+    # pydicom's value-validation warnings quote the value (a name, a birth date) and also go to
+    # stderr as Python warnings; retrying (inside dicomweb-client) logs a traceback per failed
+    # try, which the export already reports. Neither is let through.
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
+    for noisy in ("pydicom", "retrying"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _identity(
