@@ -6,10 +6,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from node.errors import StoreError
 from node.store.models import Base
 
 __all__ = ["Database"]
@@ -29,8 +30,25 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        """Create any missing tables."""
+        """Create any missing tables.
+
+        Raises
+        ------
+        StoreError
+            When an existing table lacks a column this version needs (an index written by an
+            older development build; there are no migrations before the first release).
+        """
         Base.metadata.create_all(self.engine)
+        inspector = inspect(self.engine)
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            missing = sorted(column.name for column in table.columns if column.name not in present)
+            if missing:
+                raise StoreError(
+                    f"the index at {self.engine.url.render_as_string(hide_password=True)} is "
+                    f"from an older build: table {table.name!r} lacks {', '.join(missing)}; "
+                    "move it aside (after its jobs are done) and start again"
+                )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
