@@ -2,11 +2,12 @@
 
 Each round starts the node (as a subprocess) armed to kill itself at one named crash point
 (``node/faults.py``), or not armed and killed from outside after a random delay, and sends a new
-series with dcmtk's ``storescu``. The node dies; the next round restarts it on the same spool and
-index, so it recovers the previous round's work while it takes the next. At the end an unarmed
-node finishes everything, and the test proves:
+series with dcmtk's ``storescu`` or, every third round, by STOW-RS (one request per instance, so
+each 200 acknowledges one instance, as a C-STORE response does). The node dies; the next round
+restarts it on the same spool and index, so it recovers the previous round's work while it takes
+the next. At the end an unarmed node finishes everything, and the test proves:
 
-- every instance whose success status storescu received is on disk, readable, and indexed;
+- every instance whose success status the sender received is on disk, readable, and indexed;
 - every job reached a final state, and reached it exactly once (its history);
 - the PACS (a real Orthanc) holds exactly one SEG per finished job, with the UID the job derives;
 - restarts recover in bounded time.
@@ -20,10 +21,12 @@ import re
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
@@ -34,6 +37,7 @@ from tests.peers import (
     Orthanc,
     launch_node,
     nodelay_env,
+    port_open,
     start_orthanc,
     stop_process,
     wait_for,
@@ -99,6 +103,38 @@ def _acknowledged(storescu_output: str) -> list[str]:
     return acked
 
 
+class _StowSender(threading.Thread):
+    """Posts each file in its own STOW-RS request until the node stops answering; records the
+    SOP Instance UIDs that a 200 acknowledged."""
+
+    BOUNDARY = "crash-test"
+
+    def __init__(self, port: int, files: list[Path]) -> None:
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/dicomweb/studies"
+        self.files = files
+        self.acknowledged: set[str] = set()
+
+    def run(self) -> None:
+        headers = {
+            "content-type": f'multipart/related; type="application/dicom"; boundary={self.BOUNDARY}'
+        }
+        with httpx.Client(timeout=60) as client:
+            for path in self.files:
+                body = (
+                    f"--{self.BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                    + path.read_bytes()
+                    + f"\r\n--{self.BOUNDARY}--\r\n".encode()
+                )
+                try:
+                    response = client.post(self.url, content=body, headers=headers)
+                except httpx.HTTPError:
+                    return  # the node died
+                if response.status_code == 200:
+                    for item in response.json()["00081199"]["Value"]:
+                        self.acknowledged.add(item["00081155"]["Value"][0])
+
+
 def _index(node_data: Path, query: str) -> list[tuple[object, ...]]:
     index = node_data / "index.sqlite"
     if not index.exists():
@@ -127,6 +163,7 @@ def test_node_killed_at_many_points_loses_nothing_and_duplicates_nothing(
     acknowledged: set[str] = set()
     kills: list[str] = []
     start_times: list[float] = []
+    stow_rounds = 0
 
     for number, files in enumerate(series):
         armed = named[number % len(named)] if number % 2 == 0 else None
@@ -135,22 +172,37 @@ def test_node_killed_at_many_points_loses_nothing_and_duplicates_nothing(
         started = time.monotonic()
         node = launch_node(config_path, config, log_path, extra_env=env, may_die=True)
         start_times.append(time.monotonic() - started)
-        sender = subprocess.Popen(
-            [
-                "storescu",
-                "-v",
-                "-aet",
-                "SENDER",
-                "-aec",
-                node.ae_title,
-                "127.0.0.1",
-                str(node.dicom_port),
-                *map(str, files),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=nodelay_env(),
+        by_stow = number % 3 == 2
+        if by_stow:
+            wait_for(
+                lambda process=node.process: (
+                    port_open(config["http_port"]) or process.poll() is not None
+                ),
+                timeout_s=10,
+                what="the node's HTTP port",
+            )
+            stow = _StowSender(config["http_port"], files)
+            stow.start()
+        sender = (
+            None
+            if by_stow
+            else subprocess.Popen(
+                [
+                    "storescu",
+                    "-v",
+                    "-aet",
+                    "SENDER",
+                    "-aec",
+                    node.ae_title,
+                    "127.0.0.1",
+                    str(node.dicom_port),
+                    *map(str, files),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=nodelay_env(),
+            )
         )
         if armed:
             try:
@@ -162,8 +214,14 @@ def test_node_killed_at_many_points_loses_nothing_and_duplicates_nothing(
             time.sleep(rng.uniform(0.05, 4.0))
             node.process.send_signal(signal.SIGKILL)
             node.process.wait(10)
-        output, _ = sender.communicate(timeout=60)
-        acknowledged.update(_ack_uids(_acknowledged(output)))
+        if sender is None:
+            stow.join(60)
+            assert not stow.is_alive(), "a STOW-RS request hung"
+            acknowledged.update(stow.acknowledged)
+            stow_rounds += 1
+        else:
+            output, _ = sender.communicate(timeout=60)
+            acknowledged.update(_ack_uids(_acknowledged(output)))
         if node.process.returncode == -signal.SIGKILL:
             kills.append(armed or "timed")
         _check_acknowledged_are_safe(data_dir, acknowledged)
@@ -212,6 +270,7 @@ def test_node_killed_at_many_points_loses_nothing_and_duplicates_nothing(
         "series": len(series),
         "jobs": len(jobs),
         "acknowledged": len(acknowledged),
+        "stow_rounds": stow_rounds,
         "max_start_s": round(max(start_times), 2),
     }
     (tmp_path / "crash-summary.json").write_text(json.dumps(summary, indent=2))
