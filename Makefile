@@ -12,8 +12,12 @@ OHIF_STAMP     := $(OHIF_DIR)/.v$(OHIF_VERSION)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=600 -q -y
 CONFIG ?= deploy/node.yaml
+# Local Triton for development and tests (deploy/triton/README.md): its own environment under
+# .cache/triton (nvidia-pytriton holds numpy below 2; the node's .venv keeps numpy 2).
+TRITON_HOME  := .cache/triton
+TRITON_STAMP := $(TRITON_HOME)/.installed
 
-.PHONY: help install system-deps viewer-deps run demo bench test test-fast lint typecheck check train clean
+.PHONY: help install system-deps viewer-deps triton-deps triton run demo bench test test-fast lint typecheck check train clean
 
 help:
 	@echo "make run        install what is missing, then start the node ($(CONFIG))"
@@ -21,6 +25,7 @@ help:
 	@echo "make test-fast  the tests without the slow end-to-end ones"
 	@echo "make demo       Orthanc + the node + the OHIF viewer, with a chest CT sent through"
 	@echo "make bench      receive throughput of the node against storescp and Orthanc"
+	@echo "make triton     a local Triton (tritonserver 2.51) serving model_repository/ on 127.0.0.1:8000/8001"
 	@echo "make check      ruff and mypy"
 	@echo "make train      retrain the shipped lung model from ../shared/data"
 
@@ -55,13 +60,22 @@ $(OHIF_STAMP):
 
 viewer-deps: system-deps $(OHIF_STAMP)
 
+$(TRITON_STAMP): deploy/triton/install.sh deploy/triton/requirements.txt deploy/triton/constraints.txt
+	PYTHON=$(PYTHON) TRITON_HOME=$(TRITON_HOME) deploy/triton/install.sh
+	touch $@
+
+triton-deps: $(TRITON_STAMP)
+
+triton: triton-deps
+	TRITON_HOME=$(TRITON_HOME) deploy/triton/start-local.sh
+
 run: install
 	$(BIN)/pacs-ai-node serve --config $(CONFIG)
 
-test: install viewer-deps check
+test: install viewer-deps triton-deps check
 	$(BIN)/python -m pytest
 
-test-fast: install viewer-deps
+test-fast: install viewer-deps triton-deps
 	$(BIN)/python -m pytest -m "not slow"
 
 demo: install viewer-deps
