@@ -19,6 +19,7 @@ from node.jobs.queue import recover_jobs
 from node.jobs.runner import ExportRetry, JobRunner
 from node.jobs.workers import WorkerPool
 from node.logging import get_logger
+from node.models.repository import ModelRepository
 from node.pipelines.registry import PIPELINES
 from node.routing.dispatch import Dispatcher
 from node.routing.rules import RuleSet, load_rules
@@ -32,25 +33,34 @@ log = get_logger(__name__)
 
 
 def check_rules_against_settings(rules: RuleSet, settings: Settings) -> None:
-    """Every rule names a known pipeline, an existing model version and known destinations.
+    """Every model card is valid; every rule names a known pipeline, a model version that exists
+    (pinned, or the promoted one) whose card names that pipeline, and known destinations.
 
     Raises
     ------
     ConfigError
-        Naming the rule and what it refers to that does not exist.
+        Naming the rule and what it refers to that does not exist, or (a
+        :class:`~node.models.card.ModelCardError`) the card file and field that is invalid.
     """
+    repository = ModelRepository(settings.model_repository)
+    repository.validate()
     for rule in rules.rules:
         if rule.pipeline not in PIPELINES:
             raise ConfigError(
                 f"rule {rule.name!r}: unknown pipeline {rule.pipeline!r}", key="rules_file"
             )
-        model_dir = settings.model_repository / rule.model / rule.version
-        if not model_dir.is_dir():
-            raise ConfigError(
-                f"rule {rule.name!r}: model {rule.model!r} version {rule.version!r} is not in "
-                f"{settings.model_repository}",
-                key="rules_file",
-            )
+        for version in rule.versions_named():
+            try:
+                resolved = repository.resolve(rule.model, version)
+            except ConfigError as exc:
+                raise ConfigError(f"rule {rule.name!r}: {exc}", key="rules_file") from exc
+            card = repository.card(rule.model, resolved)
+            if card.pipeline != rule.pipeline:
+                raise ConfigError(
+                    f"rule {rule.name!r}: model {rule.model!r} version {resolved!r} is for "
+                    f"pipeline {card.pipeline!r}, not {rule.pipeline!r}",
+                    key="rules_file",
+                )
         for destination in rule.destinations:
             if destination not in settings.destinations:
                 raise ConfigError(
@@ -95,9 +105,10 @@ class Node:
             tls_port=tls.port,
             ssl_context=ssl_context,
         )
+        self.models = ModelRepository(settings.model_repository)
         self.watcher = CompletenessWatcher(
             self.db,
-            Dispatcher(self.rules),
+            Dispatcher(self.rules, self.models),
             quiet_period_s=settings.quiet_period_s,
             on_handed=lambda: self.workers.wake(),
         )
@@ -113,6 +124,7 @@ class Node:
                 backoff_max_s=settings.export.backoff_max_s,
             ),
             series_number=settings.series_number,
+            models=self.models,
         )
         self.workers = WorkerPool(self.db, runner, size=settings.workers)
         self.http = HttpServer(

@@ -37,13 +37,18 @@ def create_job(
     scope: str = "series",
     input_digest: str = "",
     inputs_up_to: int | None = None,
+    version: str | None = None,
+    shadow_version: str | None = None,
 ) -> Job:
     """Queue one job for ``series`` as ``rule`` says, inside the caller's transaction.
 
     ``input_digest`` and ``inputs_up_to`` pin the instances it runs on (see
-    :func:`node.store.index.input_set`).
+    :func:`node.store.index.input_set`). ``version`` is the concrete model version (resolved
+    from the rule and the promotion state by the caller; the rule's own when not given), and
+    ``shadow_version`` the version run beside it, if any.
     """
     now = utcnow()
+    version = version or rule.version or "promoted"
     job = Job(
         uid=str(uuid.uuid4()),
         series_id=series.id,
@@ -53,7 +58,9 @@ def create_job(
         inputs_up_to=inputs_up_to,
         pipeline=rule.pipeline,
         model=rule.model,
-        version=rule.version,
+        version=version,
+        shadow_version=shadow_version,
+        explain_refusal=rule.explain_refusal,
         destinations=list(rule.destinations),
         state=JobState.PENDING,
         attempts=0,
@@ -68,7 +75,9 @@ def create_job(
             job_id=job.id,
             at=now,
             state=JobState.PENDING,
-            message=f"queued by rule {rule.name}: {rule.pipeline} {rule.model}@{rule.version}",
+            message=f"queued by rule {rule.name}: {rule.pipeline} {rule.model}@{version}"
+            + (" (promoted)" if rule.follows_promoted else "")
+            + (f", shadow @{shadow_version}" if shadow_version else ""),
         )
     )
     return job
@@ -120,6 +129,7 @@ def transition(
     deliveries: list[tuple[str, str]] | None = None,
     not_before: dt.datetime | None = None,
     count_attempt: bool = False,
+    refused: bool | None = None,
 ) -> None:
     """Move a job to ``state``, appending ``message`` to its history, in one transaction.
 
@@ -139,6 +149,8 @@ def transition(
             job.reason = reason
         if result_paths is not None:
             job.result_paths = result_paths
+        if refused is not None:
+            job.refused = refused
         if state.is_final:
             job.leased_until = None
         existing = {(d.destination, d.sop_instance_uid) for d in job.deliveries}

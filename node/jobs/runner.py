@@ -1,19 +1,33 @@
-"""Runs one job: assemble the volume, check and run the pipeline, write results, export them."""
+"""Runs one job: assemble the volume, check it against the model card, run the pipeline (and the
+shadow version, if any), write results, export them.
+
+A series outside the model card's intended use (:func:`node.models.guard.check_intended_use`)
+or refused by the pipeline's own ``check`` ends the job ``rejected`` with the reason; the model
+never runs on it. When the job's rule asked for it (``explain_refusal``), an SR saying why is
+sent to the destinations instead, and the job still ends ``rejected`` once they confirmed it.
+
+A shadow version runs after the job's own result is written, on the same volume; its SEG is
+kept in the spool and compared (Dice per label map) but never delivered, and nothing it does
+(a refusal, a failure) changes the job's outcome.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select, update
 
-from node.assembly.volume import load_volume
+from node.assembly.volume import Volume, load_volume
 from node.backends.base import Backend
 from node.errors import (
     AssemblyError,
     BackendError,
     BackendUnavailable,
+    ConfigError,
+    ModelNotFound,
     NodeError,
     NotAccepted,
     PeerRejected,
@@ -24,12 +38,15 @@ from node.errors import (
 from node.export.base import Exporter, backoff_delay
 from node.faults import crash_point
 from node.jobs.queue import transition
-from node.jobs.results import write_results
+from node.jobs.results import ResultFile, write_refusal, write_results
+from node.jobs.shadow import describe_shadow, run_shadow
 from node.logging import get_logger
+from node.models.guard import check_intended_use
+from node.models.repository import ModelRepository
 from node.pipelines.registry import get_pipeline
 from node.store.database import Database
 from node.store.index import series_instance_paths
-from node.store.models import Delivery, Job, JobState, utcnow
+from node.store.models import Delivery, Job, JobEvent, JobState, utcnow
 from node.store.spool import Spool
 
 __all__ = ["JobRunner"]
@@ -66,8 +83,10 @@ class JobRunner:
         exporters: dict[str, Exporter],
         retry: ExportRetry,
         series_number: int,
+        models: ModelRepository,
     ) -> None:
         self._db = db
+        self._models = models
         self._spool = spool
         self._backend = backend
         self._exporters = exporters
@@ -93,6 +112,7 @@ class JobRunner:
         )
         crash_point("job.after_start")
         started = time.monotonic()
+        volume: Volume | None = None
         try:
             pipeline = get_pipeline(job.pipeline)
             # A study-scope job runs, for now, on its anchor series: today's pipelines take one
@@ -102,7 +122,11 @@ class JobRunner:
                 self._spool.absolute(p)
                 for p in series_instance_paths(self._db, job.series_id, up_to=job.inputs_up_to)
             ]
+            if not self._models.has(job.model, job.version):
+                raise ModelNotFound(job.model, job.version)
             volume = load_volume(paths)
+            card = self._models.card(job.model, job.version)
+            check_intended_use(volume, card)
             pipeline.check(volume)
             findings = pipeline.run(volume, self._backend, job.model, job.version)
             results = write_results(
@@ -113,18 +137,10 @@ class JobRunner:
                 series_number=self._series_number,
             )
         except NotAccepted as exc:
-            transition(
-                self._db,
-                job.id,
-                JobState.REJECTED,
-                f"not accepted: {exc.reason}",
-                reason=exc.reason,
-            )
-            log.info("job.rejected", job_id=job.id, reason=exc.reason)
-            return JobState.REJECTED
+            return self._refuse(job, volume, exc.reason)
         except BackendUnavailable as exc:
             return self._wait_for_backend(job, exc)
-        except (AssemblyError, PipelineError, BackendError, RoutingError) as exc:
+        except (AssemblyError, PipelineError, BackendError, RoutingError, ConfigError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             transition(self._db, job.id, JobState.FAILED, reason, reason=reason)
             log.warning("job.failed", job_id=job.id, reason=reason)
@@ -135,6 +151,18 @@ class JobRunner:
             log.exception("job.failed", job_id=job.id, reason=reason)
             return JobState.FAILED
         crash_point("job.after_result")
+        if job.shadow_version and volume is not None:
+            outcome = run_shadow(
+                job=job,
+                volume=volume,
+                findings=findings,
+                pipeline=pipeline,
+                backend=self._backend,
+                models=self._models,
+                spool=self._spool,
+                series_number=self._series_number,
+            )
+            _record_shadow(self._db, job.id, outcome)
         duration = time.monotonic() - started
         transition(
             self._db,
@@ -145,6 +173,40 @@ class JobRunner:
             deliveries=[(d, r.sop_instance_uid) for d in job.destinations for r in results],
         )
         log.info("job.inferred", job_id=job.id, count=len(results), duration_s=round(duration, 2))
+        return JobState.EXPORTING
+
+    def _refuse(self, job: Job, volume: Volume | None, reason: str) -> JobState:
+        """End ``job`` rejected with ``reason``; first send the refusal SR if its rule asked."""
+        log.info("job.rejected", job_id=job.id, reason=reason)
+        explained: ResultFile | None = None
+        if job.explain_refusal and job.destinations and volume is not None:
+            try:
+                explained = write_refusal(
+                    volume,
+                    model=job.model,
+                    version=job.version,
+                    reason=reason,
+                    job_uid=job.uid,
+                    spool=self._spool,
+                    series_number=self._series_number,
+                )
+            except (ValueError, OSError) as exc:  # never let the explanation hide the refusal
+                log.warning("job.refusal_report_failed", job_id=job.id, error=str(exc))
+        if explained is None:
+            transition(
+                self._db, job.id, JobState.REJECTED, f"not accepted: {reason}", reason=reason
+            )
+            return JobState.REJECTED
+        transition(
+            self._db,
+            job.id,
+            JobState.EXPORTING,
+            f"not accepted: {reason}; sending an SR that says so",
+            reason=reason,
+            refused=True,
+            result_paths=[explained.path],
+            deliveries=[(d, explained.sop_instance_uid) for d in job.destinations],
+        )
         return JobState.EXPORTING
 
     def _wait_for_backend(self, job: Job, error: BackendUnavailable) -> JobState:
@@ -185,6 +247,7 @@ class JobRunner:
                 if d.confirmed_at is None
             ]
             result_paths = list(job.result_paths)
+            refused = job.refused
         by_destination: dict[str, list[int]] = {}
         for delivery_id, destination, _sop in pending:
             by_destination.setdefault(destination, []).append(delivery_id)
@@ -208,6 +271,15 @@ class JobRunner:
                 f"delivery will be retried in {next_wait:.0f} s",
                 not_before=utcnow() + dt.timedelta(seconds=next_wait),
             )
+        elif refused:
+            crash_point("export.after_confirm")
+            transition(
+                self._db,
+                job_id,
+                JobState.REJECTED,
+                "the SR explaining the refusal confirmed by every destination",
+            )
+            log.info("job.rejected", job_id=job_id, state="explained")
         else:
             crash_point("export.after_confirm")
             transition(
@@ -284,3 +356,14 @@ class JobRunner:
                 .where(Delivery.id.in_(delivery_ids))
                 .values(attempts=Delivery.attempts + 1, status=0, confirmed_at=utcnow())
             )
+
+
+def _record_shadow(db: Database, job_id: int, outcome: dict[str, Any]) -> None:
+    """Store the shadow's outcome on the job and in its history."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.shadow_result = outcome
+        session.add(
+            JobEvent(job_id=job_id, at=utcnow(), state=job.state, message=describe_shadow(outcome))
+        )

@@ -19,8 +19,6 @@ Steps of :meth:`LungSegmentation.run`:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
@@ -62,12 +60,8 @@ SECOND_LUNG_FRACTION = 0.25
 #: mediastinum, should the two lungs touch in front of and behind it.
 MAX_HOLE_AREA_MM2 = 2000.0
 
-#: Limits of what the model is meant for (the model card's intended use).
-MAX_TILT_DEG = 30.0
-MAX_SLICE_PIXELS = 2048
-MAX_SLICES = 2000
-MIN_SLICE_PIXELS = 64
-FIELD_OF_VIEW_MM = (280.0, 560.0)
+#: Two PixelSpacing values (or one slice's against another's) further apart than this fraction
+#: are different: the per-slice resize assumes square pixels, the same on every slice.
 PIXEL_ASPECT_TOLERANCE = 0.01
 
 LUNG_SEGMENT = SegmentDescription(
@@ -251,55 +245,36 @@ def postprocess(
 class LungSegmentation:
     """Segments both lungs on an axial chest CT, one slice at a time (label 1 = lung).
 
-    What it accepts (:meth:`check`): Modality CT; one orientation, with the slice normal within
-    :data:`MAX_TILT_DEG` of the patient's head-foot axis; square pixels, the same
-    PixelSpacing on every slice; a field of view (columns x spacing) within
-    :data:`FIELD_OF_VIEW_MM`, as in adult chest CT; 64 to 2048 pixels a side and at most
-    2000 slices.
+    What series the model is for (modality, body part, orientation, slices, field of view,
+    slice thickness, intensities) is the model card's to say, and the intended-use guard
+    (:func:`node.models.guard.check_intended_use`) checks it before this pipeline sees the
+    volume. :meth:`check` adds what this implementation needs whatever the card: one slice
+    orientation, and square pixels with the same PixelSpacing on every slice (each slice is
+    resized to the network's 256x256 as a whole).
 
     Because the network sees one slice at a time, irregular slice spacing, missing slices,
-    duplicate positions, gantry tilt, a single slice and inconsistent FrameOfReferenceUIDs are
-    all acceptable: they change nothing within a slice. Only the 3D cleanup (keeping the largest
-    connected components) treats the stack as neighbours in index order.
+    duplicate positions, gantry tilt and inconsistent FrameOfReferenceUIDs are all acceptable:
+    they change nothing within a slice. Only the 3D cleanup (keeping the largest connected
+    components) treats the stack as neighbours in index order.
     """
 
     name = "lung_seg"
 
     def check(self, volume: Volume) -> None:
-        """Raise :class:`node.errors.NotAccepted` if ``volume`` is not an axial CT it can take.
+        """Raise :class:`node.errors.NotAccepted` if this implementation cannot take ``volume``.
 
         Parameters
         ----------
         volume
-            The assembled series.
+            The assembled series (already within its model card's intended use).
 
         Raises
         ------
         NotAccepted
-            With the reason, for another modality, mixed or non-axial orientations, non-square
-            or varying pixel spacing, an unusual field of view or giant dimensions.
+            With the reason, for mixed orientations, non-square or varying pixel spacing.
         """
-        modality = volume.modality
-        if modality != "CT":
-            raise NotAccepted(f"Modality {modality!r}: lung_seg takes CT only")
         if volume.has(AnomalyKind.MIXED_ORIENTATIONS):
             raise NotAccepted("series mixes slice orientations (e.g. a localizer among axials)")
-        normal = np.asarray(volume.direction, dtype=np.float64)[:, 2]
-        cosine = abs(float(normal[2])) / max(float(np.linalg.norm(normal)), 1e-9)
-        tilt = math.degrees(math.acos(min(cosine, 1.0)))
-        if tilt > MAX_TILT_DEG:
-            raise NotAccepted(
-                f"slice normal is {tilt:.0f} deg from the head-foot axis: lung_seg takes axial "
-                f"slices (at most {MAX_TILT_DEG:g} deg)"
-            )
-        slices, rows, cols = volume.array.shape
-        if rows > MAX_SLICE_PIXELS or cols > MAX_SLICE_PIXELS or slices > MAX_SLICES:
-            raise NotAccepted(
-                f"{slices} slices of {rows}x{cols}: larger than lung_seg takes "
-                f"({MAX_SLICES} slices of {MAX_SLICE_PIXELS}x{MAX_SLICE_PIXELS})"
-            )
-        if rows < MIN_SLICE_PIXELS or cols < MIN_SLICE_PIXELS:
-            raise NotAccepted(f"slices of {rows}x{cols}: smaller than {MIN_SLICE_PIXELS} a side")
         row_mm, col_mm = volume.spacing[1], volume.spacing[2]
         if abs(row_mm - col_mm) > PIXEL_ASPECT_TOLERANCE * max(row_mm, col_mm):
             raise NotAccepted(f"PixelSpacing {row_mm:g}\\{col_mm:g}: pixels are not square")
@@ -310,12 +285,6 @@ class LungSegmentation:
                 for a, b in zip(spacing, (row_mm, col_mm), strict=True)
             ):
                 raise NotAccepted("PixelSpacing differs between slices")
-        fov = cols * col_mm
-        if not FIELD_OF_VIEW_MM[0] <= fov <= FIELD_OF_VIEW_MM[1]:
-            raise NotAccepted(
-                f"field of view {fov:.0f} mm is outside the {FIELD_OF_VIEW_MM[0]:g}-"
-                f"{FIELD_OF_VIEW_MM[1]:g} mm of adult chest CT that lung_seg is meant for"
-            )
 
     def run(self, volume: Volume, backend: Backend, model: str, version: str) -> Findings:
         """Segment the lungs of ``volume`` with ``model`` at ``version`` through ``backend``.

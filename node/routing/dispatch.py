@@ -11,14 +11,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.assembly.completeness import CompleteSeries
+from node.errors import ConfigError
 from node.jobs.queue import create_job
 from node.logging import get_logger, short_uid
+from node.models.repository import ModelRepository
 from node.routing.engine import SeriesFacts, route
 from node.routing.rules import Rule, RuleSet
 from node.store.index import input_set
 from node.store.models import Job, Series, SeriesState
 
-__all__ = ["Dispatcher", "dispatch_series"]
+__all__ = ["Dispatcher", "dispatch_series", "resolve_versions"]
 
 log = get_logger(__name__)
 
@@ -31,7 +33,40 @@ def _facts(series: Series) -> SeriesFacts:
     )
 
 
-def _queue_once(session: Session, anchor: Series, rule: Rule, inputs: list[Series]) -> Job | None:
+def resolve_versions(rule: Rule, models: ModelRepository | None) -> tuple[str, str | None]:
+    """The concrete version a job of ``rule`` runs now, and its shadow version (or None).
+
+    The version is the rule's pinned one, else the model's promoted one. The shadow is the
+    rule's ``shadow`` (``"none"``: no shadow), else the model's own shadow from its promotion
+    state; never the same as the version. Without a repository (tests), the rule's own values.
+
+    Raises
+    ------
+    ConfigError
+        If the pinned or shadow version is not in the repository, or nothing is promoted.
+    """
+    rule_shadow = None if rule.shadow in (None, "none") else rule.shadow
+    if models is None:
+        return rule.version or "promoted", rule_shadow
+    version = models.resolve(rule.model, rule.version)
+    if rule.shadow == "none":
+        shadow = None
+    elif rule_shadow is not None:
+        shadow = models.resolve(rule.model, rule_shadow)
+    else:
+        shadow = models.state(rule.model).shadow
+        if shadow is not None and not models.has(rule.model, shadow):
+            shadow = None
+    return version, (shadow if shadow != version else None)
+
+
+def _queue_once(
+    session: Session,
+    anchor: Series,
+    rule: Rule,
+    inputs: list[Series],
+    models: ModelRepository | None = None,
+) -> Job | None:
     """Queue ``rule``'s job on ``inputs`` unless it already ran on them (or must not rerun)."""
     digest, up_to = input_set(session, [s.id for s in inputs])
     previous = list(
@@ -47,13 +82,32 @@ def _queue_once(session: Session, anchor: Series, rule: Rule, inputs: list[Serie
         return None
     if any(job.input_digest == digest for job in previous):
         return None  # the same instances: that result exists already
+    try:
+        version, shadow = resolve_versions(rule, models)
+    except ConfigError as exc:
+        # The repository changed under the rules (a version removed, nothing promoted): the job
+        # is queued on what the rule names and fails with the reason when it runs.
+        log.error("routing.version_unresolved", rule=rule.name, model=rule.model, reason=str(exc))
+        version, shadow = rule.version or "promoted", None
     return create_job(
-        session, anchor, rule, scope=rule.scope, input_digest=digest, inputs_up_to=up_to
+        session,
+        anchor,
+        rule,
+        scope=rule.scope,
+        input_digest=digest,
+        inputs_up_to=up_to,
+        version=version,
+        shadow_version=shadow,
     )
 
 
 def dispatch_series(
-    session: Session, series: Series, rules: RuleSet, *, signal: str = "quiet"
+    session: Session,
+    series: Series,
+    rules: RuleSet,
+    *,
+    signal: str = "quiet",
+    models: ModelRepository | None = None,
 ) -> list[Job]:
     """Route ``series`` and queue its series-scope jobs in the caller's transaction; mark it
     routed (and waiting for its study, when a study-scope rule matched)."""
@@ -62,7 +116,7 @@ def dispatch_series(
     for rule in decision.rules:
         if rule.scope == "study":
             series.study_pending = True
-        elif (job := _queue_once(session, series, rule, [series])) is not None:
+        elif (job := _queue_once(session, series, rule, [series], models)) is not None:
             jobs.append(job)
     series.state = SeriesState.ROUTED
     log.info(
@@ -77,10 +131,15 @@ def dispatch_series(
 
 
 class Dispatcher:
-    """Routing as the completeness watcher's handler (see :class:`CompletionHandler`)."""
+    """Routing as the completeness watcher's handler (see :class:`CompletionHandler`).
 
-    def __init__(self, rules: RuleSet) -> None:
+    With ``models``, rules that follow the promoted version (or a model's shadow) are resolved
+    against the repository when each job is created; without, rules must pin their version.
+    """
+
+    def __init__(self, rules: RuleSet, models: ModelRepository | None = None) -> None:
         self.rules = rules
+        self.models = models
         self._counting = [rule for rule in rules.rules if rule.expected_instances is not None]
 
     def announced_count(self, series: Series) -> int | None:
@@ -93,7 +152,9 @@ class Dispatcher:
 
     def series_complete(self, session: Session, complete: CompleteSeries) -> list[Job]:
         """Route a complete series."""
-        return dispatch_series(session, complete.series, self.rules, signal=complete.signal)
+        return dispatch_series(
+            session, complete.series, self.rules, signal=complete.signal, models=self.models
+        )
 
     def study_complete(self, session: Session, study_instance_uid: str) -> list[Job]:
         """Queue each study-scope rule once for the study, anchored on its first matching series."""
@@ -113,7 +174,7 @@ class Dispatcher:
         jobs = [
             job
             for rule, anchor in anchors.values()
-            if (job := _queue_once(session, anchor, rule, members)) is not None
+            if (job := _queue_once(session, anchor, rule, members, self.models)) is not None
         ]
         log.info(
             "study.routed",

@@ -13,12 +13,19 @@ Example::
           min_slices: 20
         pipeline: lung_seg
         model: lung_seg
-        version: "1"
+        version: "1"             # optional: leave out (or "promoted") to follow the promoted one
+        shadow: "2"              # optional: also run this version, compare, never export it
+        explain_refusal: true    # optional: a series outside the model card gets an SR saying why
         destinations: [pacs]
         on_growth: ignore        # or reprocess: a series that grows after routing runs again
         expected_instances: 120  # optional: the series is complete at this count
         scope: series            # or study: the rule sees the whole study once it is complete
     fallback: null
+
+``model`` may also be written ``NAME@VERSION``. A rule without ``version`` (or with
+``version: promoted``) gets the version promoted with ``pacs-ai-node models promote``, resolved
+when its job is created: every job records the concrete version it ran. Without ``shadow`` the
+model's own shadow (``pacs-ai-node models shadow``) runs beside it, if it has one.
 
 The highest-priority matching rule wins (ties: the earlier rule in the file). A rule with
 ``continue: true`` lets lower-priority rules match too, so one series can go to several models.
@@ -83,8 +90,21 @@ class Rule(BaseModel):
     priority: int = 0
     match: Match = Field(default_factory=Match)
     pipeline: str
-    model: str
-    version: str
+    model: str = Field(description="Model name in the repository, or NAME@VERSION.")
+    version: str | None = Field(
+        default=None,
+        description='A pinned version ("1"); none or "promoted": the promoted version.',
+    )
+    shadow: str | None = Field(
+        default=None,
+        description="A version run beside the chosen one on the same jobs; compared, never "
+        'exported. "none" turns off the model\'s own shadow for this rule.',
+    )
+    explain_refusal: bool = Field(
+        default=False,
+        description="A series outside the model card gets a short SR saying why, sent to the "
+        "destinations instead of a result.",
+    )
     destinations: list[str] = Field(min_length=1)
     continue_: bool = Field(default=False, alias="continue")
     on_growth: Literal["ignore", "reprocess"] = Field(
@@ -99,6 +119,29 @@ class Rule(BaseModel):
     scope: Literal["series", "study"] = Field(
         default="series", description="series: each series alone; study: the complete study."
     )
+
+    @model_validator(mode="after")
+    def _split_model_at_version(self) -> Rule:
+        if "@" in self.model:
+            name, _, version = self.model.partition("@")
+            if not name or not version:
+                raise ValueError(f"model {self.model!r}: write NAME@VERSION")
+            if self.version is not None and self.version != version:
+                raise ValueError(f"model {self.model!r} and version {self.version!r} disagree")
+            self.model, self.version = name, version
+        return self
+
+    @property
+    def follows_promoted(self) -> bool:
+        """Whether the rule gets whatever version is promoted (no pinned version)."""
+        return self.version is None or self.version == "promoted"
+
+    def versions_named(self) -> list[str | None]:
+        """The versions the rule refers to: its own (None: promoted) and its shadow, if any."""
+        named: list[str | None] = [self.version]
+        if self.shadow is not None and self.shadow != "none":
+            named.append(self.shadow)
+        return named
 
 
 class RuleSet(BaseModel):

@@ -179,7 +179,21 @@ class Job(Base):
     )
     pipeline: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(64))
-    version: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(
+        String(32), doc="The concrete version, resolved when the job was created."
+    )
+    shadow_version: Mapped[str | None] = mapped_column(
+        String(32), doc="A version run beside it on the same input; compared, never exported."
+    )
+    shadow_result: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, doc="The shadow's outcome: its result file and Dice against the job's, or why not."
+    )
+    explain_refusal: Mapped[bool] = mapped_column(
+        default=False, doc="A series outside the model card gets an SR saying why (its rule's)."
+    )
+    refused: Mapped[bool] = mapped_column(
+        default=False, doc="Outside the model card: its results are the refusal SR, if any."
+    )
     destinations: Mapped[list[str]]
     state: Mapped[JobState] = mapped_column(_enum(JobState), index=True)
     attempts: Mapped[int] = mapped_column(default=0)

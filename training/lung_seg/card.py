@@ -1,6 +1,9 @@
-"""The ``lung_seg`` model card, rendered from the metrics the training script computed.
+"""The ``lung_seg`` model cards: ``card.yaml`` (what the node checks) and ``MODEL_CARD.md``.
 
-No number in the card is typed by hand: every one comes from ``metrics.json``.
+Both are written from one :class:`node.models.card.ModelCard` built here (:func:`build_card`):
+the input contract below is the model's intended use, and every metric comes from
+``metrics.json`` (the card records its key there, and the node checks them equal). No number on
+either card is typed by hand.
 """
 
 from __future__ import annotations
@@ -10,18 +13,44 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from node.models.card import CARD_FILE, InputContract, ModelCard, OutputSegment
 from node.pipelines.lung_seg import (
-    FIELD_OF_VIEW_MM,
     HU_WINDOW,
     INPUT_SIZE,
+    LUNG_SEGMENT,
     MAX_HOLE_AREA_MM2,
-    MAX_TILT_DEG,
     SECOND_LUNG_FRACTION,
 )
 from training.lung_seg.data import EXTRA_TRAINING, HELD_OUT_EVERY, HELD_OUT_OFFSET, LIDC
 from training.lung_seg.repository import MODEL_NAME, MODEL_VERSION, NETWORK_KWARGS
 
-__all__ = ["render_card"]
+__all__ = ["INPUT_CONTRACT", "build_card", "render_card", "write_cards"]
+
+#: What the model is for: the node refuses every other series before inference
+#: (:func:`node.models.guard.check_intended_use`). It was trained on axial chest CT of 1.0 and
+#: 1.25 mm slices, 512x512 at 0.78-0.81 mm; the limits below are this project's choice around
+#: that, not a validated range.
+INPUT_CONTRACT = InputContract.model_validate(
+    {
+        "modalities": ["CT"],
+        "body_parts": ["CHEST", "LUNG", "THORAX"],
+        "body_part_required": False,
+        "orientation": "axial",
+        "max_obliquity_deg": 30.0,
+        "slices": {"min": 10, "max": 2000},
+        "slice_thickness_mm": {"min": 0.5, "max": 5.0},
+        "matrix": {"min": 64, "max": 2048},
+        "field_of_view_mm": {"min": 280.0, "max": 560.0},
+        "intensity": {
+            "units": "HU",
+            "percentiles": {"min": -3100.0, "max": 4100.0},
+            "bands": [
+                {"name": "air", "high": -500.0, "min_fraction": 0.05},
+                {"name": "soft tissue", "low": -200.0, "high": 200.0, "min_fraction": 0.05},
+            ],
+        },
+    }
+)
 
 _TEMPLATE = """\
 # Model card: `lung_seg` version {version}
@@ -49,14 +78,20 @@ at a time. The node writes the result as a DICOM-SEG on the source series' grid.
 
 ## Intended use
 
-Adult chest CT, axial slices (slice normal within {max_tilt:g} deg of the head-foot axis), square
-pixels, field of view {fov_low:g}-{fov_high:g} mm. The node's `LungSegmentation.check` rejects
-other modalities, non-axial or mixed orientations, non-square or varying pixel spacing, other
-fields of view and giant series. Slice spacing, gaps, gantry tilt and Frame of Reference
-inconsistencies do not matter to a per-slice model and are accepted.
+{intended_use}
+
+Before inference the node checks every series against `card.yaml` beside this file (its
+intended-use guard) and refuses, with the reason recorded on the job: Modality other than
+{modalities}; a BodyPartExamined other than {body_parts} (a series that states none is
+accepted); a number of slices outside {slices}; a slice normal more than {max_tilt:g} deg from
+the head-foot axis; rows or columns outside {matrix}; a field of view outside {fov};
+SliceThickness outside {thickness}; intensities that do not look like CT in HU ({bands}; the 1st
+and 99th percentiles within {percentiles}). The pipeline itself (`LungSegmentation.check`) also
+refuses mixed orientations and non-square or varying pixel spacing. Slice spacing, gaps, gantry
+tilt and Frame of Reference inconsistencies do not matter to a per-slice model and are accepted.
 
 Not intended for: children, non-chest scans (on a head CT it still predicted
-{head_ml} mL of "lung"; the field-of-view guard rejects that series), contrast or pathology it has
+{head_ml} mL of "lung"; the intended-use guard refuses that series), contrast or pathology it has
 not seen (consolidation, effusion, large masses, emphysema), clinical decisions.
 
 ## Training data
@@ -132,27 +167,160 @@ bit (same SHA-256) and these metrics.
 `config.pbtxt` declares the Triton Python backend; the node's embedded backend
 (`node.backends.torch.TorchBackend`) reads `network.json` and `model.pt` from this folder.
 
-To re-render this card from `metrics.json` after a template change (no retraining):
-`python -m training.lung_seg.card model_repository`.
+To re-render this card and `card.yaml` from `metrics.json` after a template change (no
+retraining): `python -m training.lung_seg.card model_repository`.
 """
 
 
-def render_card(metrics: dict[str, Any]) -> str:
-    """Fill the model card template with ``metrics`` (the content of ``metrics.json``).
+def build_card(metrics: dict[str, Any]) -> ModelCard:
+    """The machine-readable card of the trained model.
+
+    Parameters
+    ----------
+    metrics
+        The content of ``metrics.json``, as written by :func:`training.lung_seg.train.main`.
+
+    Returns
+    -------
+    ModelCard
+        Written as ``card.yaml``; its metrics carry their ``metrics.json`` keys.
+    """
+    held = len(metrics["held_out_slice_indices"])
+    n_train = metrics["training_slices"][LIDC]
+    fov = INPUT_CONTRACT.field_of_view_mm.describe("mm") if INPUT_CONTRACT.field_of_view_mm else ""
+    lidc_source = (
+        "TCIA LIDC-IDRI (patient LIDC-IDRI-0314), via GitHub FNNDSC/data; "
+        "shared data folder " + LIDC
+    )
+    return ModelCard.model_validate(
+        {
+            "name": MODEL_NAME,
+            "version": str(metrics["version"]),
+            "task": "segmentation",
+            "pipeline": "lung_seg",
+            "summary": "Segments both lungs (label 1) on axial chest CT, one slice at a time; "
+            "a small demonstration model trained on slices of one patient.",
+            "clinical_use": "not for clinical use",
+            "intended_use": "Adult chest CT, axial slices, square pixels, a field of view of "
+            f"{fov}, for demonstrating the node; not validated on any population.",
+            "not_intended_for": [
+                "children",
+                "non-chest scans",
+                "contrast or pathology it has not seen (consolidation, effusion, large masses, "
+                "emphysema)",
+                "clinical decisions",
+            ],
+            "input": INPUT_CONTRACT.model_dump(),
+            "outputs": [
+                OutputSegment.model_validate(
+                    {
+                        "label": LUNG_SEGMENT.label,
+                        "name": LUNG_SEGMENT.name,
+                        "category": _coded(LUNG_SEGMENT.category),
+                        "property_type": _coded(LUNG_SEGMENT.property_type),
+                        "rgb": LUNG_SEGMENT.rgb,
+                    }
+                ).model_dump()
+            ],
+            "training_data": [
+                {
+                    "name": LIDC,
+                    "source": lidc_source,
+                    "licence": "CC BY 3.0 (TCIA); repository Apache-2.0",
+                    "role": "training and held-out",
+                    "description": f"55 axial slices at 5 mm; {n_train} train, slices k % "
+                    f"{HELD_OUT_EVERY} == {HELD_OUT_OFFSET} ({held}) held out",
+                },
+                *(
+                    {
+                        "name": name,
+                        "source": "GitHub QIICR/dcmqi",
+                        "licence": "BSD-3-Clause",
+                        "role": "training",
+                        "description": "3 contiguous lung-base CT slices of another patient",
+                    }
+                    for name in EXTRA_TRAINING
+                ),
+            ],
+            "labels": {
+                "expert_annotation": False,
+                "provenance": "a classical threshold algorithm (training/lung_seg/labels.py, "
+                "reference_lung_mask); the model imitates it, errors included",
+            },
+            "metrics": [
+                {
+                    "name": "Dice",
+                    "dataset": f"held-out LIDC slices ({held})",
+                    "value": metrics["held_out_dice"],
+                    "source": "held_out_dice",
+                },
+                {
+                    "name": "Dice before postprocessing",
+                    "dataset": f"held-out LIDC slices ({held})",
+                    "value": metrics["held_out_dice_before_postprocessing"],
+                    "source": "held_out_dice_before_postprocessing",
+                },
+                {
+                    "name": "Dice",
+                    "dataset": f"training LIDC slices ({n_train})",
+                    "value": metrics["training_slices_dice"],
+                    "source": "training_slices_dice",
+                },
+                {
+                    "name": "Dice",
+                    "dataset": "whole LIDC volume (55 slices)",
+                    "value": metrics["whole_volume_dice"],
+                    "source": "whole_volume_dice",
+                },
+            ],
+        }
+    )
+
+
+def _coded(concept: Any) -> dict[str, str]:
+    return {"value": concept.value, "scheme": concept.scheme, "meaning": concept.meaning}
+
+
+def render_card(metrics: dict[str, Any], card: ModelCard | None = None) -> str:
+    """Fill the Markdown model card with ``metrics`` and the machine-readable ``card``.
 
     Parameters
     ----------
     metrics
         As written by :func:`training.lung_seg.train.main`.
+    card
+        The card :func:`build_card` makes from ``metrics`` (built when not given).
 
     Returns
     -------
     str
         The card as Markdown.
     """
+    card = card or build_card(metrics)
+    contract = card.input
+    assert contract.field_of_view_mm is not None
+    assert contract.slice_thickness_mm is not None
+    assert contract.matrix is not None
+    assert contract.intensity is not None
+    assert contract.intensity.percentiles is not None
+    bands = "; ".join(
+        f"{b.name}: at least {b.min_fraction:.0%} of voxels "
+        + (f"at or below {b.high:g} HU" if b.low is None else f"within {b.low:g} to {b.high:g} HU")
+        for b in contract.intensity.bands
+    )
     held = metrics["held_out_slice_indices"]
     env = metrics["environment"]
     return _TEMPLATE.format(
+        intended_use=card.intended_use,
+        modalities="/".join(contract.modalities),
+        body_parts="/".join(contract.body_parts),
+        slices=contract.slices.describe(),
+        matrix=contract.matrix.describe(),
+        fov=contract.field_of_view_mm.describe("mm"),
+        thickness=contract.slice_thickness_mm.describe("mm"),
+        bands=bands,
+        percentiles=contract.intensity.percentiles.describe("HU"),
+        max_tilt=contract.max_obliquity_deg,
         version=metrics["version"],
         rows=INPUT_SIZE[0],
         cols=INPUT_SIZE[1],
@@ -162,11 +330,8 @@ def render_card(metrics: dict[str, Any]) -> str:
         parameters=metrics["parameters"],
         weights_bytes=metrics["weights_bytes"],
         weights_sha256=metrics["weights_sha256"],
-        max_tilt=MAX_TILT_DEG,
         second=SECOND_LUNG_FRACTION,
         hole_mm2=MAX_HOLE_AREA_MM2,
-        fov_low=FIELD_OF_VIEW_MM[0],
-        fov_high=FIELD_OF_VIEW_MM[1],
         head_ml=metrics["head_ct_predicted_lung_ml"],
         lidc=LIDC,
         every=HELD_OUT_EVERY,
@@ -196,8 +361,27 @@ def render_card(metrics: dict[str, Any]) -> str:
     )
 
 
+def write_cards(version_dir: Path, metrics: dict[str, Any]) -> ModelCard:
+    """Write ``card.yaml`` and ``MODEL_CARD.md`` into ``version_dir`` from ``metrics``.
+
+    Returns
+    -------
+    ModelCard
+        The card written (the node reads it back and checks its metrics against
+        ``metrics.json``).
+    """
+    card = build_card(metrics)
+    header = (
+        "# Written by training/lung_seg/card.py from metrics.json: do not edit by hand.\n"
+        "# The node checks every series against `input` before running this model.\n"
+    )
+    (version_dir / CARD_FILE).write_text(header + card.to_yaml(), encoding="utf-8")
+    (version_dir / "MODEL_CARD.md").write_text(render_card(metrics, card), encoding="utf-8")
+    return card
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Re-render ``MODEL_CARD.md`` from ``metrics.json`` in a model repository (no retraining).
+    """Re-render ``card.yaml`` and ``MODEL_CARD.md`` from ``metrics.json`` (no retraining).
 
     Parameters
     ----------
@@ -215,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     version_dir = Path(args[0]) / MODEL_NAME / MODEL_VERSION
     metrics = json.loads((version_dir / "metrics.json").read_text(encoding="utf-8"))
-    (version_dir / "MODEL_CARD.md").write_text(render_card(metrics), encoding="utf-8")
+    write_cards(version_dir, metrics)
     return 0
 
 

@@ -5,7 +5,8 @@ Run from the repository root::
     python -m training.lung_seg.train --data ../shared/data --out model_repository
 
 Writes ``<out>/lung_seg/config.pbtxt`` and, in ``<out>/lung_seg/1/``: ``model.pt`` (state_dict),
-``network.json``, ``metrics.json`` and ``MODEL_CARD.md`` (numbers filled in from the metrics).
+``network.json``, ``metrics.json``, ``card.yaml`` and ``MODEL_CARD.md`` (both cards filled in from
+the metrics).
 Everything is seeded and torch runs in deterministic mode on 2 threads; see README.md.
 """
 
@@ -38,7 +39,7 @@ from node.pipelines.lung_seg import (
     preprocess,
     resize_slices,
 )
-from training.lung_seg.card import render_card
+from training.lung_seg.card import write_cards
 from training.lung_seg.data import (
     EXTRA_TRAINING,
     LIDC,
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     write_json(version_dir / "metrics.json", metrics)
-    (version_dir / "MODEL_CARD.md").write_text(render_card(metrics), encoding="utf-8")
+    write_cards(version_dir, metrics)
     print(
         f"held-out Dice {metrics['held_out_dice']:.4f}, whole-volume Dice "
         f"{metrics['whole_volume_dice']:.4f}, training {train_seconds:.0f} s; "
