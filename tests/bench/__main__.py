@@ -64,7 +64,9 @@ def run(
         except Exception as exc:
             traceback.print_exc()
             failed.append(name)
-            section = Section(name, rows=[Row(name=name, note=f"failed: {exc!r}"[:200])])
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            note = f"failed: {type(exc).__name__}: {first_line}"[:160]
+            section = Section(name, rows=[Row(name=name, note=note)])
         print_section(section)
         print(flush=True)
         sections.append(section)

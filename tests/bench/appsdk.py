@@ -62,7 +62,14 @@ APPSDK_PYTHON = APPSDK_VENV / "bin" / "python"
 APPSDK_CONSTRAINTS = Path(__file__).with_name("appsdk-constraints.txt")
 APPSDK_APP = Path(__file__).with_name("appsdk_app.py")
 #: What ``--install`` asks pip for (every version pinned by the constraints file).
-APPSDK_REQUIREMENTS = ("monai-deploy-app-sdk==4.0.0", "torch==2.13.0", "monai", "highdicom")
+APPSDK_REQUIREMENTS = (
+    "monai-deploy-app-sdk==4.0.0",
+    "torch==2.13.0",
+    "monai",
+    "highdicom",
+    "pydicom",
+    "scipy",  # the node's lung_seg pre/postprocessing, which appsdk_app.py imports
+)
 QUIET_PERIOD_S = 0.5
 TORCH_THREADS = 2
 #: Targets of issue 6: the node's end-to-end time and peak RSS as fractions of the App SDK's.
