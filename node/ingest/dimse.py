@@ -1,4 +1,4 @@
-"""The DICOM listener: C-ECHO and C-STORE SCP on pynetdicom, on a plain port and optionally TLS.
+"""The DICOM listener: C-ECHO and C-STORE SCP, on a plain port and optionally TLS.
 
 Each received instance is written as it came (no decode and re-encode), fsynced, and indexed
 before the success status is returned. Failures answer with the matching status (and an
@@ -15,32 +15,36 @@ down:
 
 Associations are rejected (A-ASSOCIATE-RJ) when the called AE title is not the node's (with
 ``require_called_ae_title``), the calling AE title is not allowed, or, *transiently*, while free
-disk space is below ``min_free_disk_mb``: rejected-transient, "temporary congestion" tells a
-sender to try again later and costs it no transfer, where accepting and answering every C-STORE
-with ``0xA700`` would make it send each instance in full only to have it refused. An association
-that proposes nothing but Verification is still accepted, so C-ECHO keeps answering; one already
-open when the disk fills gets ``0xA700`` for each further C-STORE.
+disk space is below ``min_free_disk_mb`` or ``max_associations`` are being served:
+rejected-transient tells a sender to try again later and costs it no transfer, where accepting
+and answering every C-STORE with ``0xA700`` would make it send each instance in full only to have
+it refused. An association that proposes nothing but Verification is still accepted while the
+disk is low, so C-ECHO keeps answering; one already open when the disk fills gets ``0xA700`` for
+each further C-STORE.
+
+The protocol itself is :mod:`node.ingest.association` (one thread per connection, no polling);
+this class is the node's side of it. One listener serves one process; several receiving
+processes each run one on shared listening sockets (:mod:`node.ingest.receivers`).
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
-import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
 
-from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
-from pynetdicom.utils import make_target
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.presentation import PresentationContext
 from sqlalchemy.exc import SQLAlchemyError
 
+from node.ingest import wire
+from node.ingest.admission import Admission, LocalAdmission
+from node.ingest.association import Association
 from node.ingest.durable import InstanceStore, NotStored, Refusal
 from node.ingest.header import DEFAULT_MAX_IMAGE_PIXELS, read_record
-from node.ingest.tls import TlsAssociationServer
+from node.ingest.negotiation import VERIFICATION
+from node.ingest.server import AcceptLoop, listening_socket
 from node.logging import get_logger
 from node.store.database import Database
 from node.store.index import close_association, open_association
@@ -64,10 +68,14 @@ STATUS_CANNOT_UNDERSTAND = int(Refusal.CANNOT_UNDERSTAND)
 DISK_LOW_REJECTION = (0x02, 0x03, 0x01)
 #: A-ASSOCIATE-RJ beyond ``max_associations``: rejected-transient, local limit exceeded.
 TOO_MANY_REJECTION = (0x02, 0x03, 0x02)
-#: Connections, beyond max_associations, that may wait for their A-ASSOCIATE-RQ at once.
+#: A-ASSOCIATE-RJ for a called AE title that is not the node's: permanent, service user.
+CALLED_AE_REJECTION = (0x01, 0x01, 0x07)
+#: A-ASSOCIATE-RJ for a calling AE title not allowed: permanent, service user.
+CALLING_AE_REJECTION = (0x01, 0x01, 0x03)
+#: Connections, beyond max_associations, that may wait for their A-ASSOCIATE-RQ at once (a
+#: connection that never sends one holds its thread for the ACSE time-out).
 _SPARE_CONNECTIONS = 64
 
-_VERIFICATION_UID = "1.2.840.10008.1.1"
 _CONTEXT_REJECTIONS = {
     0x01: "rejected by this node",
     0x02: "rejected, no reason given",
@@ -77,21 +85,14 @@ _CONTEXT_REJECTIONS = {
 log = get_logger(__name__)
 
 
-def _status(status: int, comment: str) -> Dataset:
-    """A C-STORE response status with an ErrorComment (LO: at most 64 characters)."""
-    response = Dataset()
-    response.Status = status
-    response.ErrorComment = comment[:64]
-    return response
-
-
 class DimseListener:
     """The node's DICOM Application Entity, listening for C-ECHO and C-STORE.
 
     Parameters
     ----------
     max_associations
-        Associations served at once, on both ports together.
+        Associations served at once, on both ports together (and, with ``admission`` shared,
+        across processes).
     min_free_disk_bytes
         Below this much free space on the spool's file system, new associations are rejected
         (transient) and C-STOREs answered ``0xA700``; 0 disables the check.
@@ -100,6 +101,11 @@ class DimseListener:
         Tests pass their own to simulate a nearly full disk.
     tls_port, ssl_context
         With both set, a second server speaks DICOM over TLS on ``tls_port``.
+    sockets
+        Listening sockets to serve (plain, TLS or None) instead of binding ``port`` and
+        ``tls_port``: a receiving process gets them from the node (:mod:`node.ingest.receivers`).
+    admission
+        The association slots; by default ``max_associations`` in this process.
     """
 
     def __init__(
@@ -118,6 +124,10 @@ class DimseListener:
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         tls_port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        sockets: tuple[socket.socket, socket.socket | None] | None = None,
+        admission: Admission | None = None,
+        network_timeout_s: float = 60.0,
+        acse_timeout_s: float = 30.0,
     ) -> None:
         self.store = InstanceStore(
             spool,
@@ -127,171 +137,131 @@ class DimseListener:
             free_disk_bytes=free_disk_bytes,
         )
         self._db = db
+        self.ae_title = ae_title.strip()
         self._address = (bind_address, port)
         self._tls_address = (bind_address, tls_port) if tls_port is not None else None
         self._ssl_context = ssl_context
         if (tls_port is None) != (ssl_context is None):
             raise ValueError("tls_port and ssl_context go together")
-        self._association_ids: dict[int, str] = {}
-        self._lock = threading.Lock()
-        self._server: ThreadedAssociationServer | None = None
-        self._tls_server: TlsAssociationServer | None = None
-        self.ae = AE(ae_title=ae_title)
-        self.ae.maximum_pdu_size = 0  # unlimited: fewer, larger PDUs
-        self.ae.network_timeout = 60
-        self.ae.require_calling_aet = list(allowed_calling_ae_titles)
-        self.ae.require_called_aet = require_called_ae_title
-        # pynetdicom counts every open connection as an association, even one that has not sent
-        # its A-ASSOCIATE-RQ yet, and a connection closed before sending one keeps its slot for
-        # the ACSE timeout (30 s): a few port probes would lock every sender out. The limit is
-        # kept here instead, over associations actually requested (_on_requested); pynetdicom's
-        # only caps the connection threads.
+        self._sockets = sockets
+        self._allowed = [title.strip() for title in allowed_calling_ae_titles]
+        self._require_called = require_called_ae_title
         self._max_associations = max_associations
-        self._requested: set[int] = set()
-        self.ae.maximum_associations = max_associations + _SPARE_CONNECTIONS
-        self.ae.add_supported_context(Verification)
-        for context in AllStoragePresentationContexts:
-            if context.abstract_syntax is not None:
-                self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self._admission = admission or LocalAdmission(max_associations)
+        self._timeouts = {"acse_timeout_s": acse_timeout_s, "network_timeout_s": network_timeout_s}
+        self._loops: list[AcceptLoop] = []
+        self._plain: AcceptLoop | None = None
+        self._tls: AcceptLoop | None = None
 
     @property
     def port(self) -> int:
         """The port actually listened on (useful when configured as 0)."""
-        if self._server is None:
-            return self._address[1]
-        return int(self._server.server_address[1])
+        return self._plain.port if self._plain is not None else self._address[1]
 
     @property
     def tls_port(self) -> int | None:
         """The TLS port actually listened on; None without TLS."""
-        if self._tls_server is not None:
-            return int(self._tls_server.server_address[1])
+        if self._tls is not None:
+            return self._tls.port
         return self._tls_address[1] if self._tls_address else None
 
     def start(self) -> None:
         """Start listening in background threads (binding first: a taken port raises here)."""
-        handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, self._on_connection_open),
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_RELEASED, self._on_released),
-            (evt.EVT_ABORTED, self._on_ended),
-            (evt.EVT_CONN_CLOSE, self._on_ended),
-        ]
-        server = self.ae.start_server(self._address, block=False, evt_handlers=handlers)
-        assert isinstance(server, ThreadedAssociationServer)
-        self._server = server
-        log.info("dimse.listening", port=self.port, ae_title=self.ae.ae_title)
-        if self._tls_address is not None:
-            try:
-                self._tls_server = self._start_tls(handlers)
-            except BaseException:
-                self.stop()
-                raise
-            log.info("dimse.listening_tls", port=self.tls_port, ae_title=self.ae.ae_title)
-
-    def _start_tls(self, handlers: list[Any]) -> TlsAssociationServer:
-        assert self._tls_address is not None
-        server = self.ae.make_server(
-            self._tls_address,
-            ssl_context=self._ssl_context,
-            evt_handlers=handlers,
-            server_class=TlsAssociationServer,
-        )
-        assert isinstance(server, TlsAssociationServer)
-        # Registered with the AE as start_server does: association limits count it, and
-        # server.shutdown() removes it again.
-        self.ae._servers.append(server)
-        thread = threading.Thread(
-            target=make_target(server.serve_forever), name="dimse-tls", daemon=True
-        )
-        thread.start()
-        return server
+        if self._sockets is not None:
+            plain, secure = self._sockets
+        else:
+            plain = listening_socket(self._address)
+            secure = None
+            if self._tls_address is not None:
+                try:
+                    secure = listening_socket(self._tls_address)
+                except BaseException:
+                    plain.close()
+                    raise
+        connections = self._max_associations + _SPARE_CONNECTIONS
+        self._plain = AcceptLoop(plain, self._serve, max_connections=connections)
+        self._loops = [self._plain]
+        if secure is not None:
+            if self._ssl_context is None:
+                raise ValueError("a TLS socket needs ssl_context")
+            self._tls = AcceptLoop(
+                secure,
+                self._serve,
+                max_connections=connections,
+                ssl_context=self._ssl_context,
+                name="dimse-tls",
+            )
+            self._loops.append(self._tls)
+        for loop in self._loops:
+            loop.start()
+        log.info("dimse.listening", port=self.port, ae_title=self.ae_title)
+        if self._tls is not None:
+            log.info("dimse.listening_tls", port=self.tls_port, ae_title=self.ae_title)
 
     def stop(self) -> None:
-        """Stop listening and close open associations."""
-        for server in (self._tls_server, self._server):
-            if server is not None:
-                server.shutdown()
-        self._server = self._tls_server = None
+        """Stop listening and end open associations."""
+        for loop in self._loops:
+            loop.stop()
+        self._loops = []
+        self._plain = self._tls = None
 
-    def _association_id(self, event: evt.Event) -> str | None:
-        with self._lock:
-            return self._association_ids.get(id(event.assoc))
+    def _serve(self, sock: socket.socket, peer: tuple[str, int] | None) -> None:
+        Association(sock, peer, self, **self._timeouts).run()
 
-    def _on_connection_open(self, event: evt.Event) -> None:
-        transport = event.assoc.dul.socket
-        sock = transport.socket if transport is not None else None
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # --- the service user of each association (node.ingest.association.ServiceUser) ----------
 
-    def _on_requested(self, event: evt.Event) -> None:
-        """Reject, transiently, associations beyond the limit, and those that could store while
-        the disk is low."""
-        request = event.assoc.requestor.primitive
-        assert request is not None  # set before EVT_REQUESTED
-        calling = str(request.calling_ae_title)
+    def on_request(
+        self, association: Association, request: A_ASSOCIATE
+    ) -> tuple[int, int, int] | None:
+        """Admit an association, or say why not (logged)."""
+        calling, called = association.calling_ae_title, association.called_ae_title
+        if self._require_called and called != self.ae_title:
+            return self._rejected(
+                association, CALLED_AE_REJECTION, "called AE title is not this node's"
+            )
+        if self._allowed and calling not in self._allowed:
+            return self._rejected(
+                association, CALLING_AE_REJECTION, "calling AE title is not allowed"
+            )
         free = self.store.free_bytes_if_low()
         if free is not None:
             proposed = {
                 str(context.abstract_syntax)
                 for context in request.presentation_context_definition_list
             }
-            if not proposed <= {_VERIFICATION_UID}:  # C-ECHO stores nothing: let it through
+            if not proposed <= {VERIFICATION}:  # C-ECHO stores nothing: let it through
                 self.store.log_disk_low(
                     free,
                     calling_ae=calling,
                     reason="association rejected (transient, temporary congestion)",
                 )
-                self._reject(event, DISK_LOW_REJECTION)
-                return
-        with self._lock:
-            admitted = len(self._requested) < self._max_associations
-            if admitted:
-                self._requested.add(id(event.assoc))
-        if not admitted:
-            log.warning(
-                "association.rejected",
-                calling_ae=calling,
-                called_ae=str(request.called_ae_title),
-                reason="too many associations",
-            )
-            self._reject(event, TOO_MANY_REJECTION)
+                return DISK_LOW_REJECTION
+        if not self._admission.acquire():
+            return self._rejected(association, TOO_MANY_REJECTION, "too many associations")
+        return None
 
     @staticmethod
-    def _reject(event: evt.Event, reason: tuple[int, int, int]) -> None:
-        event.assoc.acse.send_reject(*reason)
-        event.assoc.kill()  # as pynetdicom's own rejections: waits until the reject is sent
+    def _rejected(
+        association: Association, rejection: tuple[int, int, int], reason: str
+    ) -> tuple[int, int, int]:
+        log.warning(
+            "association.rejected",
+            calling_ae=association.calling_ae_title,
+            called_ae=association.called_ae_title,
+            reason=reason,
+        )
+        return rejection
 
-    def _on_rejected(self, event: evt.Event) -> None:
-        with self._lock:
-            self._requested.discard(id(event.assoc))
-        request = event.assoc.requestor.primitive
-        assert request is not None  # a rejection answers a request
-        calling, called = str(request.calling_ae_title), str(request.called_ae_title)
-        # The same order as pynetdicom's checks: a wrong called AE title wins.
-        if self.ae.require_called_aet and called.strip() != self.ae.ae_title.strip():
-            reason = "called AE title is not this node's"
-        elif self.ae.require_calling_aet and calling.strip() not in self.ae.require_calling_aet:
-            reason = "calling AE title is not allowed"
-        else:
-            reason = "too many connections"
-        log.warning("association.rejected", calling_ae=calling, called_ae=called, reason=reason)
-
-    def _on_accepted(self, event: evt.Event) -> None:
-        association_id = str(uuid.uuid4())
-        calling = event.assoc.requestor.ae_title
-        with self._lock:
-            self._association_ids[id(event.assoc)] = association_id
+    def on_accepted(self, association: Association, rejected: list[PresentationContext]) -> None:
+        """Record the association (its row is what completeness reads) and log it."""
+        association.association_id = association_id = str(uuid.uuid4())
+        calling = association.calling_ae_title
         try:
             open_association(self._db, association_id, calling)
         except SQLAlchemyError:
             log.exception("association.not_recorded", assoc_id=association_id)
         log.info("association.accepted", assoc_id=association_id, calling_ae=calling)
-        for context in event.assoc.rejected_contexts:
+        for context in rejected:
             log.warning(
                 "association.context_rejected",
                 assoc_id=association_id,
@@ -300,14 +270,26 @@ class DimseListener:
                 reason=_CONTEXT_REJECTIONS.get(context.result or 0, "rejected"),
             )
 
-    def _on_released(self, event: evt.Event) -> None:
-        """A clean A-RELEASE: the sender says it is done (a completeness signal)."""
-        self._on_ended(event, released=True)
+    def on_store(
+        self, association: Association, command: wire.Command, data: bytes
+    ) -> tuple[int, str | None]:
+        """Store one instance durably; its status and ErrorComment."""
+        try:
+            self.store.store(
+                data,
+                source=association.calling_ae_title,
+                association_id=association.association_id,
+                announced_sop_class=command.affected_sop_class_uid,
+                context={"assoc_id": association.association_id},
+            )
+        except NotStored as refused:
+            return int(refused.refusal), refused.reason
+        return STATUS_SUCCESS, None
 
-    def _on_ended(self, event: evt.Event, *, released: bool = False) -> None:
-        with self._lock:
-            self._requested.discard(id(event.assoc))
-            association_id = self._association_ids.pop(id(event.assoc), None)
+    def on_ended(self, association: Association, *, released: bool) -> None:
+        """Give the slot back; record the end (a clean A-RELEASE is a completeness signal)."""
+        self._admission.release()
+        association_id = association.association_id
         if association_id is None:
             return
         try:
@@ -315,19 +297,3 @@ class DimseListener:
         except SQLAlchemyError:
             log.exception("association.close_not_recorded", assoc_id=association_id)
         log.info("association.ended", assoc_id=association_id, released=released)
-
-    def _on_echo(self, event: evt.Event) -> int:
-        return STATUS_SUCCESS
-
-    def _on_store(self, event: evt.Event) -> int | Dataset:
-        try:
-            self.store.store(
-                event.encoded_dataset(include_meta=True),
-                source=event.assoc.requestor.ae_title,
-                association_id=(association_id := self._association_id(event)),
-                announced_sop_class=str(event.request.AffectedSOPClassUID),
-                context={"assoc_id": association_id},
-            )
-        except NotStored as refused:
-            return _status(refused.refusal, refused.reason)
-        return STATUS_SUCCESS

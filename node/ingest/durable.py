@@ -19,10 +19,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.errors import IngestError
 from node.faults import crash_point
+from node.ingest.committer import GroupCommitter
 from node.ingest.header import DEFAULT_MAX_IMAGE_PIXELS, parse_instance
 from node.logging import get_logger, short_uid
 from node.store.database import Database
-from node.store.index import InstanceRecord, RecordOutcome, record_instance
+from node.store.index import InstanceRecord, Received, RecordOutcome
 from node.store.spool import Spool
 
 __all__ = ["InstanceStore", "NotStored", "Refusal", "Stored"]
@@ -89,6 +90,7 @@ class InstanceStore:
         self.min_free_disk_bytes = min_free_disk_bytes
         self._max_image_pixels = max_image_pixels
         self._free_disk_bytes = free_disk_bytes or (lambda: shutil.disk_usage(spool.root).free)
+        self._index = GroupCommitter(db)
 
     def free_bytes_if_low(self) -> int | None:
         """The free bytes on the spool's file system when below the watermark, else None."""
@@ -174,13 +176,8 @@ class InstanceStore:
             raise refusal from None
         crash_point("ingest.after_write")
         try:
-            outcome = record_instance(
-                self.db,
-                record,
-                path=str(relative),
-                size=size,
-                association_id=association_id,
-                calling_ae_title=source,
+            outcome = self._index.record(
+                Received(record, str(relative), size, association_id, source)
             )
         except SQLAlchemyError as exc:
             log.error("instance.not_indexed", error=type(exc).__name__, **fields)

@@ -1,10 +1,9 @@
-"""DICOM over TLS (PS3.15 Annex B): the server's TLS context and an association server for it.
+"""DICOM over TLS (PS3.15 Annex B): the server's TLS context, and the handshake of a connection.
 
-pynetdicom's own TLS server performs the handshake inside its accept loop, with no time-out, so a
-single client that connects and then says nothing (a port scanner, a plain-TCP DICOM peer that
-waits for the server to speak) stops the TLS port from accepting anyone else.
-:class:`TlsAssociationServer` accepts plain sockets and does the handshake in the connection's own
-thread, with a deadline.
+The handshake runs in the connection's own thread (:mod:`node.ingest.server`), with a deadline: a
+handshake inside the accept loop, as pynetdicom's TLS server does it, lets a single client that
+connects and then says nothing (a port scanner, a plain-TCP DICOM peer that waits for the server
+to speak) stop the TLS port from accepting anyone else.
 """
 
 from __future__ import annotations
@@ -14,12 +13,10 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from pynetdicom.transport import ThreadedAssociationServer
-
 from node.errors import ConfigError
 from node.logging import get_logger
 
-__all__ = ["HANDSHAKE_TIMEOUT_S", "TlsAssociationServer", "server_context"]
+__all__ = ["HANDSHAKE_TIMEOUT_S", "handshake", "server_context"]
 
 #: Seconds a client has to complete the TLS handshake.
 HANDSHAKE_TIMEOUT_S = 30.0
@@ -77,35 +74,24 @@ def _reason(exc: OSError) -> str:
     return str(reason or type(exc).__name__)
 
 
-class TlsAssociationServer(ThreadedAssociationServer):
-    """An association server that does each TLS handshake in the connection's thread."""
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        """Accept a connection; no TLS yet (see the module's docstring)."""
-        assert self.socket is not None
-        client, address = self.socket.accept()
-        return client, address
-
-    def process_request_thread(
-        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
-    ) -> None:
-        """Handshake within :data:`HANDSHAKE_TIMEOUT_S`, then serve the association."""
-        context = self.ssl_context
-        assert context is not None
-        assert isinstance(request, socket.socket)
-        try:
-            request.settimeout(HANDSHAKE_TIMEOUT_S)
-            secure = context.wrap_socket(request, server_side=True)
-            secure.settimeout(None)  # as the plain server's accepted sockets: blocking
-        except (OSError, ValueError) as exc:
-            log.warning(
-                "tls.handshake_failed",
-                peer_host=_host(client_address),
-                error=_reason(exc) if isinstance(exc, OSError) else type(exc).__name__,
-            )
-            self.shutdown_request(request)
-            return
-        super().process_request_thread(secure, client_address)
+def handshake(
+    context: ssl.SSLContext, connection: socket.socket, peer: Any
+) -> ssl.SSLSocket | None:
+    """The TLS server side of ``connection`` once its handshake is done within
+    :data:`HANDSHAKE_TIMEOUT_S`; None (logged, and the socket closed) if it failed."""
+    try:
+        connection.settimeout(HANDSHAKE_TIMEOUT_S)
+        secure = context.wrap_socket(connection, server_side=True)
+        secure.settimeout(None)  # blocking, as a plain connection
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "tls.handshake_failed",
+            peer_host=_host(peer),
+            error=_reason(exc) if isinstance(exc, OSError) else type(exc).__name__,
+        )
+        connection.close()
+        return None
+    return secure
 
 
 def _host(address: Any) -> str:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.errors import StoreError
@@ -28,6 +28,13 @@ class Database:
         if is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Writers that read before they write (ingest's group commit) take SQLite's write lock
+        # at BEGIN (IMMEDIATE), waiting for it up to the busy time-out, so what they read
+        # cannot change before they write, whichever process or thread writes beside them.
+        self._writer: Engine = create_engine(url, connect_args=connect_args)
+        if is_sqlite:
+            event.listen(self._writer, "connect", _sqlite_immediate)
+            event.listen(self._writer, "begin", _begin_immediate)
 
     def create_schema(self) -> None:
         """Create any missing tables.
@@ -56,9 +63,27 @@ class Database:
         with self._sessions.begin() as session:
             yield session
 
+    @contextmanager
+    def writer(self) -> Iterator[Connection]:
+        """A Core connection in a write transaction (SQLite: ``BEGIN IMMEDIATE``), committed on
+        success and rolled back on error."""
+        with self._writer.begin() as connection:
+            yield connection
+
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        self._writer.dispose()
+
+
+def _sqlite_immediate(dbapi_connection: Any, record: Any) -> None:
+    """A connection on which the driver begins nothing itself (``_begin_immediate`` does)."""
+    _sqlite_pragmas(dbapi_connection, record)
+    dbapi_connection.isolation_level = None
+
+
+def _begin_immediate(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Table, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from node.store.database import Database
@@ -16,11 +15,13 @@ from node.store.models import Association, Instance, Series, SeriesState, utcnow
 
 __all__ = [
     "InstanceRecord",
+    "Received",
     "RecordOutcome",
     "close_association",
     "input_set",
     "open_association",
     "record_instance",
+    "record_instances",
     "recover_associations",
     "series_instance_paths",
 ]
@@ -43,6 +44,17 @@ class InstanceRecord:
 #: instance in a routed series (it is receiving again); ``resent`` an instance a routed series
 #: already had (nothing changes for routing).
 RecordOutcome = Literal["added", "reopened", "resent"]
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An instance whose bytes are durable at ``path`` (spool-relative), to be indexed."""
+
+    record: InstanceRecord
+    path: str
+    size: int
+    association_id: str | None
+    calling_ae_title: str
 
 
 def open_association(db: Database, association_id: str, calling_ae_title: str) -> None:
@@ -87,81 +99,141 @@ def record_instance(
     last-received time are updated in the same transaction. A new instance in a series already
     routed reopens it (state receiving again); see :data:`RecordOutcome`.
     """
-    write = functools.partial(
-        _record,
-        db,
-        record,
-        path=path,
-        size=size,
-        association_id=association_id,
-        calling_ae_title=calling_ae_title,
-    )
-    try:
-        return write()
-    except IntegrityError:
-        # Another association created the same series or instance row at the same moment:
-        # the second attempt sees that row and updates it instead.
-        return write()
+    received = Received(record, path, size, association_id, calling_ae_title)
+    [outcome] = record_instances(db, [received])
+    return outcome
 
 
-def _record(
-    db: Database,
-    record: InstanceRecord,
-    *,
-    path: str,
-    size: int,
-    association_id: str | None,
-    calling_ae_title: str,
-) -> RecordOutcome:
-    now = utcnow()
-    with db.session() as session:
-        series = session.scalars(
-            select(Series).where(Series.series_instance_uid == record.series_instance_uid)
-        ).one_or_none()
-        if series is None:
-            series = Series(
-                series_instance_uid=record.series_instance_uid,
-                study_instance_uid=record.study_instance_uid,
-                state=SeriesState.RECEIVING,
-                calling_ae_title=calling_ae_title,
-                attributes=record.routing_attributes,
-                expected_count=record.expected_count,
-                instance_count=0,
-                first_received_at=now,
-                last_received_at=now,
+def record_instances(db: Database, items: Sequence[Received]) -> list[RecordOutcome]:
+    """Index several instances in one transaction (group commit); each one's outcome, in order.
+
+    Each is indexed as :func:`record_instance` describes, in the order given. The transaction
+    takes the write lock first (:meth:`Database.writer`), so what it reads about a series or an
+    instance is what it then updates, whoever else writes the index.
+    """
+    with db.writer() as connection:
+        return _Batch(connection).record_all(items)
+
+
+@dataclass(slots=True)
+class _SeriesRow:
+    id: int
+    state: SeriesState
+    #: Instances added (or moved away, negative) by this batch.
+    delta: int = 0
+    #: Received into by this batch (its last-received time and state are written).
+    touched: bool = False
+
+
+class _Batch:
+    """One group-commit transaction: SQL Core statements, each series' row updated once."""
+
+    _series: Table = Series.__table__  # type: ignore[assignment]
+    _instances: Table = Instance.__table__  # type: ignore[assignment]
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._by_uid: dict[str, _SeriesRow] = {}
+        self._by_id: dict[int, _SeriesRow] = {}
+
+    def record_all(self, items: Sequence[Received]) -> list[RecordOutcome]:
+        now = utcnow()
+        outcomes = [self._record(item, now) for item in items]
+        for row in self._by_id.values():
+            values: dict[str, Any] = {}
+            if row.delta:
+                values["instance_count"] = self._series.c.instance_count + row.delta
+            if row.touched:
+                values["last_received_at"] = now
+                values["state"] = row.state
+            if values:
+                self._connection.execute(
+                    update(self._series).where(self._series.c.id == row.id).values(**values)
+                )
+        return outcomes
+
+    def _series_row(self, item: Received, now: Any) -> _SeriesRow:
+        record = item.record
+        row = self._by_uid.get(record.series_instance_uid)
+        if row is not None:
+            return row
+        series = self._series
+        found = self._connection.execute(
+            select(series.c.id, series.c.state).where(
+                series.c.series_instance_uid == record.series_instance_uid
             )
-            session.add(series)
-            session.flush()
-        existing = session.scalars(
-            select(Instance).where(Instance.sop_instance_uid == record.sop_instance_uid)
-        ).one_or_none()
-        new_to_series = existing is None or existing.series_id != series.id
-        if existing is None:
-            session.add(
-                Instance(
-                    sop_instance_uid=record.sop_instance_uid,
-                    sop_class_uid=record.sop_class_uid,
-                    transfer_syntax_uid=record.transfer_syntax_uid,
-                    series_id=series.id,
-                    association_id=association_id,
-                    path=path,
-                    size=size,
-                    received_at=now,
+        ).first()
+        if found is None:
+            inserted = self._connection.execute(
+                insert(series).values(
+                    series_instance_uid=record.series_instance_uid,
+                    study_instance_uid=record.study_instance_uid,
+                    state=SeriesState.RECEIVING,
+                    calling_ae_title=item.calling_ae_title,
+                    attributes=record.routing_attributes,
+                    expected_count=record.expected_count,
+                    instance_count=0,
+                    first_received_at=now,
+                    last_received_at=now,
+                    study_pending=False,
                 )
             )
-            series.instance_count += 1
+            key = inserted.inserted_primary_key
+            assert key is not None  # an INSERT of one row
+            row = _SeriesRow(int(key[0]), SeriesState.RECEIVING)
         else:
-            if existing.series_id != series.id:
+            row = self._by_id.get(int(found.id)) or _SeriesRow(
+                int(found.id), SeriesState(found.state)
+            )
+        self._by_uid[record.series_instance_uid] = row
+        self._by_id[row.id] = row
+        return row
+
+    def _other_series(self, series_id: int) -> _SeriesRow:
+        row = self._by_id.get(series_id)
+        if row is None:
+            state = self._connection.scalar(
+                select(self._series.c.state).where(self._series.c.id == series_id)
+            )
+            row = _SeriesRow(series_id, SeriesState(state or SeriesState.RECEIVING))
+            self._by_id[series_id] = row
+        return row
+
+    def _record(self, item: Received, now: Any) -> RecordOutcome:
+        record, instances = item.record, self._instances
+        series = self._series_row(item, now)
+        existing = self._connection.execute(
+            select(instances.c.id, instances.c.series_id).where(
+                instances.c.sop_instance_uid == record.sop_instance_uid
+            )
+        ).first()
+        new_to_series = existing is None or int(existing.series_id) != series.id
+        values = {
+            "transfer_syntax_uid": record.transfer_syntax_uid,
+            "series_id": series.id,
+            "association_id": item.association_id,
+            "path": item.path,
+            "size": item.size,
+            "received_at": now,
+        }
+        if existing is None:
+            self._connection.execute(
+                insert(instances).values(
+                    sop_instance_uid=record.sop_instance_uid,
+                    sop_class_uid=record.sop_class_uid,
+                    **values,
+                )
+            )
+            series.delta += 1
+        else:
+            if new_to_series:
                 # Re-sent under another series: it now belongs there, and only there.
-                previous = session.get(Series, existing.series_id)
-                if previous is not None:
-                    previous.instance_count -= 1
-                existing.series_id = series.id
-                series.instance_count += 1
-            existing.path, existing.size, existing.received_at = path, size, now
-            existing.transfer_syntax_uid = record.transfer_syntax_uid
-            existing.association_id = association_id
-        series.last_received_at = now
+                self._other_series(int(existing.series_id)).delta -= 1
+                series.delta += 1
+            self._connection.execute(
+                update(instances).where(instances.c.id == existing.id).values(**values)
+            )
+        series.touched = True
         if series.state == SeriesState.RECEIVING:
             return "added"
         if not new_to_series:
