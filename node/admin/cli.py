@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from node.admin import config_cmd, jobs, rules_cmd
+from node.admin import config_cmd, jobs, models_cmd, rules_cmd
 from node.admin.send import send
 from node.admin.serve import serve
 
@@ -22,6 +22,7 @@ app.command("send")(send)
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(rules_cmd.app, name="rules")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(models_cmd.app, name="models")
 
 
 if __name__ == "__main__":

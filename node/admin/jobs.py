@@ -8,6 +8,7 @@ import typer
 
 from node.admin.common import ConfigOption, fail, settings_or_exit
 from node.jobs.queue import get_job, list_jobs, retry_job
+from node.jobs.shadow import summarize_shadow
 from node.logging import short_uid
 from node.store.database import Database
 from node.store.models import JobState
@@ -71,7 +72,8 @@ def show(
     job_id: Annotated[int, typer.Argument(help="The job's id (see `jobs list`).")],
     config: ConfigOption = None,
 ) -> None:
-    """Show one job: its state, reason, results, deliveries and history."""
+    """Show one job: state, reason, which model version made each result, the shadow's
+    comparison, deliveries and history."""
     job = get_job(_database(config), job_id)
     if job is None:
         raise fail(f"no job {job_id}")
@@ -83,8 +85,18 @@ def show(
         f"({job.series.instance_count} instances)"
     )
     typer.echo(f"  attempts     {job.attempts}")
+    made_by = f"{job.model}@{job.version}"
     for path in job.result_paths:
-        typer.echo(f"  result       {path}")
+        kind = "refusal SR" if job.refused else "result"
+        typer.echo(f"  {kind:<12} {path} (by {made_by})")
+    if job.shadow_version:
+        outcome = job.shadow_result
+        typer.echo(
+            f"  shadow       {job.model}@{job.shadow_version}: "
+            + (summarize_shadow(outcome) if outcome else "not run (yet)")
+        )
+        for path in (outcome or {}).get("paths", []):
+            typer.echo(f"  shadow file  {path} (by {job.model}@{job.shadow_version}, never sent)")
     for delivery in job.deliveries:
         confirmed = (
             f"confirmed {delivery.confirmed_at:%Y-%m-%d %H:%M:%S}Z"

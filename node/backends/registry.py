@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from node.backends.base import Backend
-from node.backends.torch import TorchBackend
+from node.backends.embedded import EmbeddedBackend
 from node.backends.triton import TritonBackend
 from node.config import Settings
 
@@ -22,7 +22,9 @@ def build_backend(settings: Settings) -> Backend:
     Returns
     -------
     Backend
-        :class:`TorchBackend` on the model repository (``"embedded"``), or
+        :class:`~node.backends.embedded.EmbeddedBackend` (a
+        :class:`~node.backends.torch.TorchBackend` that also runs TorchScript versions) on the
+        model repository (``"embedded"``), or
         :class:`TritonBackend` on the configured server (``"triton"``). Neither connects nor
         imports torch or tritonclient before its first inference.
     """
@@ -31,4 +33,4 @@ def build_backend(settings: Settings) -> Backend:
         return TritonBackend(
             inference.triton_url, protocol=inference.triton_protocol, timeout_s=inference.timeout_s
         )
-    return TorchBackend(settings.model_repository, num_threads=settings.torch_threads or None)
+    return EmbeddedBackend(settings.model_repository, num_threads=settings.torch_threads or None)

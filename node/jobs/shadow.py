@@ -28,7 +28,7 @@ from node.pipelines.findings import Findings
 from node.store.models import Job
 from node.store.spool import Spool
 
-__all__ = ["SHADOW_PREFIX", "describe_shadow", "dice", "run_shadow"]
+__all__ = ["SHADOW_PREFIX", "compare", "describe_shadow", "dice", "run_shadow", "summarize_shadow"]
 
 log = get_logger(__name__)
 
@@ -111,12 +111,14 @@ def run_shadow(
     }
 
 
-def describe_shadow(outcome: dict[str, Any]) -> str:
-    """One line for the job's history and ``jobs show``."""
-    version = outcome.get("version", "?")
+def summarize_shadow(outcome: dict[str, Any]) -> str:
+    """The shadow's outcome in words, e.g. ``"Dice against this job's result: Lung 0.9871"``."""
     if outcome.get("outcome") == "compared":
         scores = ", ".join(f"{name} {value:.4f}" for name, value in outcome["dice"].items())
-        return (
-            f"shadow @{version}: Dice against this job's result: {scores or 'nothing to compare'}"
-        )
-    return f"shadow @{version} {outcome.get('outcome', '?')}: {outcome.get('reason', '')}"
+        return f"Dice against this job's result: {scores or 'nothing to compare'}"
+    return f"{outcome.get('outcome', '?')}: {outcome.get('reason', '')}"
+
+
+def describe_shadow(outcome: dict[str, Any]) -> str:
+    """One line for the job's history: ``"shadow @2: Dice against this job's result: ..."``."""
+    return f"shadow @{outcome.get('version', '?')}: {summarize_shadow(outcome)}"

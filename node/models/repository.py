@@ -20,9 +20,10 @@ import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from node.errors import ConfigError
 from node.models.card import CARD_FILE, ModelCard, load_card
@@ -54,6 +55,14 @@ class PromotionState(BaseModel):
     shadow: str | None = Field(
         default=None, description="Runs beside the promoted one on the same jobs, never exported."
     )
+
+    @field_validator("promoted", "shadow", "previous", mode="before")
+    @classmethod
+    def _numbers_are_names(cls, value: Any) -> Any:
+        """YAML reads ``promoted: 2`` as a number; versions are folder names."""
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int) else v for v in value]
+        return str(value) if isinstance(value, int) else value
 
 
 class ModelRepository:

@@ -1,7 +1,10 @@
 """lung_seg under Triton's Python backend: the same network and weights the embedded backend runs.
 
-Triton loads this file; it reads ``network.json`` and ``model.pt`` beside it, exactly as
-``node/backends/torch.py`` does in the node's own process, so both backends give the same numbers.
+Triton loads this file; it reads ``network.json`` and the weights beside it, exactly as the node's
+embedded backend does in the node's own process (``node/backends/torch.py`` for a MONAI
+``state_dict`` in ``model.pt``; ``node/backends/embedded.py`` for a TorchScript ``model.ts`` when
+``network.json`` says ``"format": "torchscript"``), so both backends give the same numbers.
+``pacs-ai-node models add`` copies this file into every version it imports.
 It needs torch and MONAI in the Python environment the backend's stub runs (see
 ``deploy/triton/README.md``) and nothing from the node.
 
@@ -23,6 +26,7 @@ import triton_python_backend_utils as pb_utils  # provided by the Python backend
 
 NETWORK_FILE = "network.json"
 WEIGHTS_FILE = "model.pt"
+TORCHSCRIPT_FILE = "model.ts"
 #: Architectures ``network.json`` may name; nothing else is ever imported from it.
 ARCHITECTURES = frozenset({"monai.networks.nets.UNet"})
 
@@ -42,14 +46,20 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
         description = json.loads((folder / NETWORK_FILE).read_text(encoding="utf-8"))
-        architecture = description["architecture"]
-        if architecture not in ARCHITECTURES:
-            raise pb_utils.TritonModelException(f"architecture {architecture!r} not supported")
-        from monai.networks.nets.unet import UNet
+        fmt = description.get("format", "monai-state-dict")
+        if fmt == "torchscript":
+            network = torch.jit.load(str(folder / TORCHSCRIPT_FILE), map_location="cpu")
+        elif fmt == "monai-state-dict":
+            architecture = description["architecture"]
+            if architecture not in ARCHITECTURES:
+                raise pb_utils.TritonModelException(f"architecture {architecture!r} not supported")
+            from monai.networks.nets.unet import UNet
 
-        network = UNet(**description["kwargs"])
-        state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        network.load_state_dict(state)
+            network = UNet(**description["kwargs"])
+            state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            network.load_state_dict(state)
+        else:
+            raise pb_utils.TritonModelException(f"format {fmt!r} not supported")
         self.device = _device(args.get("model_instance_kind", "CPU"), args)
         self.network = network.to(self.device).eval()
         self.input_name = config["input"][0]["name"]
