@@ -49,13 +49,14 @@ from tests.bench.common import (
     history_times,
     node_job,
     not_measured,
+    orthanc_and_node,
     peak_rss_mib,
     print_section,
     read_lidc_in_z_order,
     wait_for_final_jobs,
     write_series,
 )
-from tests.peers import REPO_ROOT, start_node, start_orthanc, stop_process, storescu
+from tests.peers import REPO_ROOT, storescu
 
 APPSDK_VENV = REPO_ROOT / ".cache" / "bench" / "appsdk-venv"
 APPSDK_PYTHON = APPSDK_VENV / "bin" / "python"
@@ -195,17 +196,10 @@ def run(
         if not smoke:  # not timed: brings the SDK's files into the page cache
             run_app(app_input, root / "app-output-warm-up", root / "app-warm-up.log")
         app_runs: list[AppRun] = []
-        orthanc = start_orthanc(root / "orthanc")
-        node = start_node(
-            root / "node",
-            destinations=orthanc.as_destination(),
-            quiet_period_s=quiet_period_s,
-            torch_threads=TORCH_THREADS,
-            log_level="WARNING",
-        )
         node_e2e: list[float] = []
         node_job_s: list[float] = []
-        try:
+        peers = orthanc_and_node(root, quiet_period_s=quiet_period_s, torch_threads=TORCH_THREADS)
+        with peers as (_, node):
             # The node's cold run, then App SDK and warm node runs in turn (same load for both).
             for k in range(runs + 1):
                 if k > 0:
@@ -227,9 +221,6 @@ def run(
             node_seg = node.data_dir / "spool" / job["results"][0]
             app_seg = next((root / "app-output1").glob("*.dcm"))
             agreement = dice(node_seg, app_seg)
-        finally:
-            stop_process(node.process)
-            stop_process(orthanc.process)
 
     app_e2e = statistics.median(r.seg_written_s for r in app_runs)
     app_peak = statistics.median(r.peak_mib for r in app_runs)

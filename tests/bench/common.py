@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from tests.paths import shared_data_root
-from tests.peers import Orthanc, RunningNode, wait_for
+from tests.peers import Orthanc, RunningNode, start_node, start_orthanc, stop_process, wait_for
 
 #: The shared LIDC chest CT: 55 axial 512x512 slices, a different FrameOfReferenceUID on each.
 LIDC = Path("fnndsc-data") / "LIDC-IDRI-0314_CT_chest_every5th_slice"
@@ -168,6 +169,29 @@ def write_series(
         ds.save_as(path)
         files.append(path)
     return files
+
+
+@contextmanager
+def orthanc_and_node(
+    workdir: Path, *, quiet_period_s: float, torch_threads: int
+) -> Iterator[tuple[Orthanc, RunningNode]]:
+    """A fresh Orthanc, and a node (shipped rules) that sends its results there; both are
+    stopped on the way out, whatever happened (also when the node fails to start)."""
+    orthanc = start_orthanc(workdir / "orthanc")
+    try:
+        node = start_node(
+            workdir / "node",
+            destinations=orthanc.as_destination(),
+            quiet_period_s=quiet_period_s,
+            torch_threads=torch_threads,
+            log_level="WARNING",
+        )
+        try:
+            yield orthanc, node
+        finally:
+            stop_process(node.process, timeout_s=60)
+    finally:
+        stop_process(orthanc.process)
 
 
 def series_uid_of(path: Path) -> str:

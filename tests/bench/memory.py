@@ -24,6 +24,7 @@ from tests.bench.common import (
     Section,
     history_times,
     node_job,
+    orthanc_and_node,
     peak_rss_mib,
     print_section,
     read_lidc_in_z_order,
@@ -31,7 +32,7 @@ from tests.bench.common import (
     wait_for_final_jobs,
     write_series,
 )
-from tests.peers import start_node, start_orthanc, stop_process, storescu
+from tests.peers import storescu
 
 QUIET_PERIOD_S = 0.5
 TORCH_THREADS = 2
@@ -63,31 +64,24 @@ def measure(count: int, workdir: Path, *, quiet_period_s: float) -> Measurement:
         one_frame_of_reference=True,
         restack=True,
     )
-    orthanc = start_orthanc(workdir / "orthanc")
-    node = start_node(
-        workdir / "node",
-        destinations=orthanc.as_destination(),
-        quiet_period_s=quiet_period_s,
-        torch_threads=TORCH_THREADS,
-        log_level="WARNING",
-    )
     try:
-        time.sleep(1.0)  # let start-up settle before reading the idle figure
-        idle = rss_mib(node.process.pid)
-        started = time.perf_counter()
-        sent = storescu(node.dicom_port, files)
-        send_s = time.perf_counter() - started
-        if sent.returncode != 0:
-            raise RuntimeError(f"storescu failed: {sent.stderr[-500:]}")
-        shutil.rmtree(workdir / "series")  # the node has its own copy now
-        (job,) = wait_for_final_jobs(node, 1, timeout_s=3600, interval_s=0.5)
-        peak = peak_rss_mib(node.process.pid)
-        detail = node_job(node, int(job["id"]))
-        times = history_times(detail)
-        job_s = times["exporting"] - times["running"] if "exporting" in times else None
+        with orthanc_and_node(
+            workdir, quiet_period_s=quiet_period_s, torch_threads=TORCH_THREADS
+        ) as (_, node):
+            time.sleep(1.0)  # let start-up settle before reading the idle figure
+            idle = rss_mib(node.process.pid)
+            started = time.perf_counter()
+            sent = storescu(node.dicom_port, files)
+            send_s = time.perf_counter() - started
+            if sent.returncode != 0:
+                raise RuntimeError(f"storescu failed: {sent.stderr[-500:]}")
+            shutil.rmtree(workdir / "series")  # the node has its own copy now
+            (job,) = wait_for_final_jobs(node, 1, timeout_s=3600, interval_s=0.5)
+            peak = peak_rss_mib(node.process.pid)
+            detail = node_job(node, int(job["id"]))
+            times = history_times(detail)
+            job_s = times["exporting"] - times["running"] if "exporting" in times else None
     finally:
-        stop_process(node.process, timeout_s=60)
-        stop_process(orthanc.process)
         shutil.rmtree(workdir, ignore_errors=True)
     return Measurement(count, idle, peak, send_s, detail["state"], detail["reason"], job_s)
 

@@ -35,14 +35,15 @@ from tests.bench.common import (
     Section,
     history_times,
     node_job,
-    node_jobs,
+    orthanc_and_node,
     orthanc_seg_series,
     print_section,
     read_lidc_in_z_order,
+    wait_for_final_jobs,
     wait_for_new_seg,
     write_series,
 )
-from tests.peers import REPO_ROOT, start_node, start_orthanc, stop_process, storescu
+from tests.peers import REPO_ROOT, storescu
 
 #: Seconds the node waits after a series' association ended before it counts as complete.
 QUIET_PERIOD_S = 0.5
@@ -95,15 +96,10 @@ def run(
         ]
         timer = ModelTimer(series[0])
         model_seconds: list[float] = []
-        orthanc = start_orthanc(root / "orthanc")
-        node = start_node(
-            root / "node",
-            destinations=orthanc.as_destination(),
-            quiet_period_s=quiet_period_s,
-            torch_threads=TORCH_THREADS,
-            log_level="WARNING",
-        )
-        try:
+        with orthanc_and_node(root, quiet_period_s=quiet_period_s, torch_threads=TORCH_THREADS) as (
+            orthanc,
+            node,
+        ):
             measured: list[float] = []
             breakdowns: list[str] = []
             for k, files in enumerate(series):
@@ -118,8 +114,9 @@ def run(
                 if k < warmups:
                     continue  # the warm-up series: the node loads the model
                 measured.append(seen - acknowledged)
-                job = node_job(node, max(int(j["id"]) for j in node_jobs(node)))
-                t = history_times(job)
+                # Orthanc may list the SEG before the node records 'done': wait for that.
+                jobs = wait_for_final_jobs(node, k + 1, timeout_s=60)
+                t = history_times(node_job(node, int(jobs[-1]["id"])))
                 breakdowns.append(
                     f"run {k}: {seen - acknowledged:.2f} s = series complete and routed "
                     f"{t['pending'] - acknowledged:+.2f} s, job picked up "
@@ -128,9 +125,6 @@ def run(
                     f"{t['done'] - t['exporting']:+.2f} s, seen by the REST poll "
                     f"{seen - t['done']:+.2f} s"
                 )
-        finally:
-            stop_process(node.process)
-            stop_process(orthanc.process)
     result = statistics.median(measured)
     model = statistics.median(model_seconds)
     budget = FACTOR * model + OFFSET_S
