@@ -10,6 +10,8 @@ tensors (``inputs``, ``outputs``: name and dims without the batch axis):
     ``model.ts`` is a TorchScript module (``torch.jit.save``), loaded with ``torch.jit.load``
     onto the CPU. TorchScript runs no pickled Python, but it is still code: import only weights
     you trust (``pacs-ai-node models add`` records who did).
+``"onnx"``
+    ``model.onnx``, run by ONNX Runtime on the CPU (:mod:`node.backends.onnx`).
 
 :class:`EmbeddedBackend` is a :class:`TorchBackend` (same constructor, same repository) that picks
 the runner per version folder; loaded modules are cached per ``(model, version)``.
@@ -19,23 +21,29 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from node.backends.base import Tensors
+from node.backends.onnx import ONNX_FILE, OnnxSession
 from node.backends.torch import NETWORK_FILE, TorchBackend, _import_torch, _is_plain_name
 from node.errors import BackendError, ModelNotFound
 
 __all__ = ["FORMATS", "TORCHSCRIPT_FILE", "EmbeddedBackend", "WeightsFormat", "weights_format"]
 
-WeightsFormat = Literal["monai-state-dict", "torchscript"]
+WeightsFormat = Literal["monai-state-dict", "torchscript", "onnx"]
 #: Formats ``network.json`` may name, and the weights file each needs.
 TORCHSCRIPT_FILE = "model.ts"
-FORMATS: dict[str, str] = {"monai-state-dict": "model.pt", "torchscript": TORCHSCRIPT_FILE}
+FORMATS: dict[str, str] = {
+    "monai-state-dict": "model.pt",
+    "torchscript": TORCHSCRIPT_FILE,
+    "onnx": ONNX_FILE,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +53,8 @@ class _Io:
 
 
 @dataclass(frozen=True, slots=True)
-class _Module:
-    module: Any  # a torch.jit.ScriptModule
+class _Runner:
+    forward: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]  # one batch
     io: _Io
 
 
@@ -69,7 +77,11 @@ def weights_format(folder: Path) -> str:
 
 
 class EmbeddedBackend(TorchBackend):
-    """Runs each version in-process by the format its folder declares (see module docs)."""
+    """Runs each version in-process by the format its folder declares (see module docs).
+
+    TorchScript and ONNX runners are cached per ``(model, version)``; batches larger than
+    ``max_batch`` are split, as :class:`TorchBackend` does.
+    """
 
     def __init__(
         self,
@@ -80,7 +92,7 @@ class EmbeddedBackend(TorchBackend):
         device: str = "cpu",
     ) -> None:
         super().__init__(repository, num_threads=num_threads, max_batch=max_batch, device=device)
-        self._modules: dict[tuple[str, str], _Module] = {}
+        self._runners: dict[tuple[str, str], _Runner] = {}
         self._modules_lock = threading.Lock()
 
     def infer(self, model: str, version: str, inputs: Tensors) -> Tensors:
@@ -91,7 +103,7 @@ class EmbeddedBackend(TorchBackend):
         ModelNotFound
             If the version folder or its files are missing.
         BackendUnavailable
-            If torch cannot be imported.
+            If torch (or, for an ONNX version, onnxruntime) cannot be imported.
         BackendError
             If the weights are unusable or the inputs do not match the declared tensors.
         """
@@ -101,48 +113,70 @@ class EmbeddedBackend(TorchBackend):
             or not (folder / NETWORK_FILE).is_file()
         ):
             raise ModelNotFound(model, version)
-        if weights_format(folder) == "monai-state-dict":
+        fmt = weights_format(folder)
+        if fmt == "monai-state-dict":
             return super().infer(model, version, inputs)
-        loaded = self._torchscript(model, version, folder)
-        array = _checked_input(model, version, loaded.io, inputs)
-        return self._run_module(loaded, array)
-
-    def _torchscript(self, model: str, version: str, folder: Path) -> _Module:
-        key = (model, version)
-        with self._modules_lock:
-            cached = self._modules.get(key)
-            if cached is not None:
-                return cached
-            path = folder / TORCHSCRIPT_FILE
-            if not path.is_file():
-                raise ModelNotFound(model, version)
-            torch = _import_torch()
-            if self.num_threads is not None:
-                torch.set_num_threads(self.num_threads)
-            try:
-                module = torch.jit.load(str(path), map_location="cpu")
-            except Exception as exc:
-                raise BackendError(
-                    f"{model}/{version}: {TORCHSCRIPT_FILE} unusable ({exc!r})"
-                ) from exc
-            module.to(self.device)
-            module.eval()
-            loaded = _Module(module=module, io=_read_io(model, version, folder))
-            self._modules[key] = loaded
-            return loaded
-
-    def _run_module(self, loaded: _Module, array: npt.NDArray[np.float32]) -> Tensors:
-        torch = _import_torch()
-        chunks: list[npt.NDArray[np.float32]] = []
-        with torch.inference_mode():
-            for start in range(0, array.shape[0], self.max_batch):
-                batch = torch.from_numpy(array[start : start + self.max_batch]).to(self.device)
-                output = loaded.module(batch)
-                chunks.append(output.detach().to("cpu").numpy().astype(np.float32, copy=False))
-        name, dims = loaded.io.outputs[0]
+        runner = self._runner(model, version, folder, fmt)
+        array = _checked_input(model, version, runner.io, inputs)
+        chunks = [
+            runner.forward(array[start : start + self.max_batch])
+            for start in range(0, array.shape[0], self.max_batch)
+        ]
+        name, dims = runner.io.outputs[0]
         if chunks:
             return {name: np.concatenate(chunks)}
         return {name: np.zeros((0, *(max(d, 0) for d in dims)), dtype=np.float32)}
+
+    def _runner(self, model: str, version: str, folder: Path, fmt: str) -> _Runner:
+        key = (model, version)
+        with self._modules_lock:
+            cached = self._runners.get(key)
+            if cached is not None:
+                return cached
+            path = folder / FORMATS[fmt]
+            if not path.is_file():
+                raise ModelNotFound(model, version)
+            io = _read_io(model, version, folder)
+            forward = (
+                self._torchscript(model, version, path)
+                if fmt == "torchscript"
+                else self._onnx(path, io)
+            )
+            runner = _Runner(forward=forward, io=io)
+            self._runners[key] = runner
+            return runner
+
+    def _torchscript(
+        self, model: str, version: str, path: Path
+    ) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
+        torch = _import_torch()
+        if self.num_threads is not None:
+            torch.set_num_threads(self.num_threads)
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise BackendError(f"{model}/{version}: {path.name} unusable ({exc!r})") from exc
+        module.to(self.device)
+        module.eval()
+
+        def forward(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            with torch.inference_mode():
+                output = module(torch.from_numpy(batch).to(self.device))
+            return np.asarray(output.detach().to("cpu").numpy(), dtype=np.float32)
+
+        return forward
+
+    def _onnx(
+        self, path: Path, io: _Io
+    ) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
+        session = OnnxSession(path, num_threads=self.num_threads)
+        input_name, output_name = io.inputs[0][0], io.outputs[0][0]
+
+        def forward(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            result: npt.NDArray[np.float32] = session.run(input_name, batch, output_name)
+            return result
+
+        return forward
 
 
 def _read_io(model: str, version: str, folder: Path) -> _Io:

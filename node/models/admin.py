@@ -9,8 +9,12 @@ What ``add`` imports (PATH):
 
 - a version folder as the training script writes it: ``network.json`` + ``model.pt`` (a MONAI
   ``state_dict``), with ``card.yaml`` (and ``metrics.json``, ``MODEL_CARD.md``) beside them;
-- a TorchScript file (``torch.jit.save``), given a card with ``--card``; its tensors are the
-  model's (``network.json`` of its promoted version).
+- a TorchScript file (``torch.jit.save``; a zip archive) or an ONNX file, given a card with
+  ``--card``; its tensors are the model's (``network.json`` of its promoted version);
+- a MONAI bundle folder (``configs/metadata.json``, ``models/model.ts``, ``model.onnx`` or
+  ``model.pt`` with a ``network_def`` of an architecture the node builds): its
+  ``network_data_format`` must match the model's tensors; the card is ``--card`` or the
+  bundle's ``docs/card.yaml``; its ``configs/`` are kept in the version's ``bundle/``.
 
 The new version gets the next number; its card's ``name`` and ``version`` are set to it. Before
 it is moved into place, the staged version runs once on zeros of the declared input shape through
@@ -22,14 +26,16 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
 from node.backends.embedded import FORMATS, TORCHSCRIPT_FILE, EmbeddedBackend
-from node.backends.torch import NETWORK_FILE
+from node.backends.torch import ARCHITECTURES, NETWORK_FILE
 from node.errors import ConfigError, NodeError
 from node.models.audit import append
 from node.models.card import CARD_FILE, METRICS_FILE, ModelCard, load_card, parse_card
@@ -48,6 +54,8 @@ _VERSION_FILES = (
     "MODEL_CARD.md",
     "model.py",
 )
+#: What marks a MONAI bundle folder.
+BUNDLE_METADATA = Path("configs") / "metadata.json"
 #: Triton's Python-backend entry point of a version folder.
 TRITON_MODEL_FILE = "model.py"
 
@@ -118,7 +126,9 @@ class ModelsAdmin:
             )
         versions = self.repository.versions(model)
         version = str(int(versions[-1]) + 1 if versions else 1)
-        card_path = card or (source / CARD_FILE if source.is_dir() else None)
+        card_path = card or next(
+            (c for c in (source / CARD_FILE, source / "docs" / CARD_FILE) if c.is_file()), None
+        )
         if card_path is None or not card_path.is_file():
             raise ModelAdminError(
                 f"no model card for {source}: write one from `pacs-ai-node models card-template "
@@ -132,7 +142,7 @@ class ModelsAdmin:
             )
         staging = root / model / f".staging-{uuid.uuid4().hex}"
         try:
-            self._stage(source, staging, model)
+            kind = self._stage(source, staging, model)
             header = f"# Imported by `pacs-ai-node models add` from {source.name}.\n"
             (staging / CARD_FILE).write_text(header + parsed.to_yaml(), encoding="utf-8")
             if (card_path.parent / METRICS_FILE).is_file() and card_path.parent != source:
@@ -146,7 +156,6 @@ class ModelsAdmin:
             staging.rename(root / model / version)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        kind = "TorchScript file" if source.is_file() else "version folder"
         append(root, model, "add", by=self.by, version=version, detail=f"{kind} {source.name}")
         return version
 
@@ -258,24 +267,30 @@ class ModelsAdmin:
         promoted = self.repository.resolve(model, None)
         return self.repository.card(model, promoted).pipeline
 
-    def _stage(self, source: Path, staging: Path, model: str) -> None:
+    def _stage(self, source: Path, staging: Path, model: str) -> str:
+        """Copy ``source`` into ``staging`` as a version folder; return what kind it was."""
         staging.mkdir(parents=True)
         promoted_dir = self.repository.version_dir(model, self.repository.resolve(model, None))
-        if source.is_dir():
+        declared = json.loads((promoted_dir / NETWORK_FILE).read_text(encoding="utf-8"))
+        tensors = {"inputs": declared["inputs"], "outputs": declared["outputs"]}
+        if source.is_dir() and (source / BUNDLE_METADATA).is_file():
+            kind = "MONAI bundle"
+            _stage_bundle(source, staging, tensors)
+        elif source.is_dir():
+            kind = "version folder"
             if not (source / NETWORK_FILE).is_file():
-                raise ModelAdminError(f"{source}: not a version folder (no {NETWORK_FILE})")
+                raise ModelAdminError(
+                    f"{source}: neither a version folder ({NETWORK_FILE}) nor a MONAI bundle "
+                    f"({BUNDLE_METADATA})"
+                )
             for name in _VERSION_FILES:
                 if (source / name).is_file():
                     shutil.copy2(source / name, staging / name)
         elif source.is_file():
-            shutil.copy2(source, staging / TORCHSCRIPT_FILE)
-            description = json.loads((promoted_dir / NETWORK_FILE).read_text(encoding="utf-8"))
-            io = {
-                "format": "torchscript",
-                "inputs": description["inputs"],
-                "outputs": description["outputs"],
-            }
-            (staging / NETWORK_FILE).write_text(json.dumps(io, indent=2) + "\n", "utf-8")
+            fmt = "torchscript" if zipfile.is_zipfile(source) else "onnx"
+            kind = "TorchScript file" if fmt == "torchscript" else "ONNX file"
+            shutil.copy2(source, staging / FORMATS[fmt])
+            _write_network(staging, {"format": fmt, **tensors})
         else:
             raise ModelAdminError(f"{source} does not exist")
         fmt = json.loads((staging / NETWORK_FILE).read_text(encoding="utf-8")).get(
@@ -288,8 +303,70 @@ class ModelsAdmin:
             and (promoted_dir / TRITON_MODEL_FILE).is_file()
         ):
             # Triton's Python backend runs <version>/model.py: the promoted version's serves
-            # every format it knows (see model_repository/lung_seg/1/model.py).
+            # every format (see model_repository/lung_seg/1/model.py).
             shutil.copy2(promoted_dir / TRITON_MODEL_FILE, staging / TRITON_MODEL_FILE)
+        return kind
+
+
+def _write_network(folder: Path, description: dict[str, Any]) -> None:
+    (folder / NETWORK_FILE).write_text(json.dumps(description, indent=2) + "\n", "utf-8")
+
+
+def _stage_bundle(bundle: Path, staging: Path, tensors: dict[str, Any]) -> None:
+    """A MONAI bundle as a version folder: checked against the model's tensors, converted."""
+    try:
+        metadata = json.loads((bundle / BUNDLE_METADATA).read_text(encoding="utf-8"))
+        data_format = metadata["network_data_format"]
+        (bundle_in,) = data_format["inputs"].values()
+        (bundle_out,) = data_format["outputs"].values()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelAdminError(
+            f"{bundle / BUNDLE_METADATA}: no single-input, single-output network_data_format "
+            f"({exc!r})"
+        ) from exc
+    for side, spec, declared in (
+        ("input", bundle_in, tensors["inputs"][0]),
+        ("output", bundle_out, tensors["outputs"][0]),
+    ):
+        dims = [int(spec.get("num_channels", 0)), *(int(d) for d in spec.get("spatial_shape", []))]
+        if dims != [int(d) for d in declared["dims"]]:
+            raise ModelAdminError(
+                f"{bundle / BUNDLE_METADATA}: {side} is {dims} (channels, spatial shape); the "
+                f"model's {declared['name']!r} is {declared['dims']}"
+            )
+    models = bundle / "models"
+    if (models / TORCHSCRIPT_FILE).is_file():
+        shutil.copy2(models / TORCHSCRIPT_FILE, staging / TORCHSCRIPT_FILE)
+        _write_network(staging, {"format": "torchscript", **tensors})
+    elif (models / FORMATS["onnx"]).is_file():
+        shutil.copy2(models / FORMATS["onnx"], staging / FORMATS["onnx"])
+        _write_network(staging, {"format": "onnx", **tensors})
+    elif (models / "model.pt").is_file():
+        _write_network(staging, {**_bundle_network(bundle), **tensors})
+        shutil.copy2(models / "model.pt", staging / "model.pt")
+    else:
+        raise ModelAdminError(f"{models}: no model.ts, model.onnx or model.pt")
+    shutil.copytree(bundle / "configs", staging / "bundle" / "configs")
+
+
+def _bundle_network(bundle: Path) -> dict[str, Any]:
+    """``network.json`` of a bundle's ``network_def``: only architectures the node builds, with
+    literal arguments (no ``$`` expressions or ``@`` references are evaluated)."""
+    path = bundle / "configs" / "inference.json"
+    try:
+        definition = dict(json.loads(path.read_text(encoding="utf-8"))["network_def"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelAdminError(f"{path}: no network_def ({exc!r})") from exc
+    target = str(definition.pop("_target_", ""))
+    architecture = target if target.startswith("monai.") else f"monai.networks.nets.{target}"
+    if architecture not in ARCHITECTURES:
+        raise ModelAdminError(
+            f"{path}: network_def {target!r} is not one the node builds "
+            f"({', '.join(sorted(ARCHITECTURES))}); export the bundle's model.ts instead"
+        )
+    if any(isinstance(v, str) and v[:1] in ("$", "@", "%") for v in definition.values()):
+        raise ModelAdminError(f"{path}: network_def arguments must be literal values")
+    return {"architecture": architecture, "kwargs": definition}
 
 
 def _card_for(path: Path, model: str, version: str) -> ModelCard:

@@ -2,10 +2,11 @@
 
 Triton loads this file; it reads ``network.json`` and the weights beside it, exactly as the node's
 embedded backend does in the node's own process (``node/backends/torch.py`` for a MONAI
-``state_dict`` in ``model.pt``; ``node/backends/embedded.py`` for a TorchScript ``model.ts`` when
-``network.json`` says ``"format": "torchscript"``), so both backends give the same numbers.
-``pacs-ai-node models add`` copies this file into every version it imports.
-It needs torch and MONAI in the Python environment the backend's stub runs (see
+``state_dict`` in ``model.pt``; ``node/backends/embedded.py`` for a TorchScript ``model.ts`` or
+an ONNX ``model.onnx`` when ``network.json`` says ``"format": "torchscript"`` or ``"onnx"``;
+ONNX runs through onnxruntime, which must then be installed in Triton's Python environment), so
+both backends give the same numbers. ``pacs-ai-node models add`` copies this file into every
+version it imports. It needs torch and MONAI in the Python environment the backend's stub runs (see
 ``deploy/triton/README.md``) and nothing from the node.
 
 Each instance runs on the device Triton gives it: ``cuda:<id>`` for a GPU instance, the CPU
@@ -27,6 +28,7 @@ import triton_python_backend_utils as pb_utils  # provided by the Python backend
 NETWORK_FILE = "network.json"
 WEIGHTS_FILE = "model.pt"
 TORCHSCRIPT_FILE = "model.ts"
+ONNX_FILE = "model.onnx"
 #: Architectures ``network.json`` may name; nothing else is ever imported from it.
 ARCHITECTURES = frozenset({"monai.networks.nets.UNet"})
 
@@ -47,7 +49,15 @@ class TritonPythonModel:
         folder = Path(args["model_repository"]) / args["model_version"]
         description = json.loads((folder / NETWORK_FILE).read_text(encoding="utf-8"))
         fmt = description.get("format", "monai-state-dict")
-        if fmt == "torchscript":
+        self.session = None
+        network = None
+        if fmt == "onnx":
+            import onnxruntime
+
+            self.session = onnxruntime.InferenceSession(
+                str(folder / ONNX_FILE), providers=["CPUExecutionProvider"]
+            )
+        elif fmt == "torchscript":
             network = torch.jit.load(str(folder / TORCHSCRIPT_FILE), map_location="cpu")
         elif fmt == "monai-state-dict":
             architecture = description["architecture"]
@@ -61,7 +71,7 @@ class TritonPythonModel:
         else:
             raise pb_utils.TritonModelException(f"format {fmt!r} not supported")
         self.device = _device(args.get("model_instance_kind", "CPU"), args)
-        self.network = network.to(self.device).eval()
+        self.network = None if network is None else network.to(self.device).eval()
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         self.max_batch = max(int(config.get("max_batch_size", 0)), 1)
@@ -87,11 +97,10 @@ class TritonPythonModel:
         ]
         sizes = [a.shape[0] for a in arrays]
         batch = np.ascontiguousarray(np.concatenate(arrays), dtype=np.float32)
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, batch.shape[0], self.max_batch):
-                tensor = torch.from_numpy(batch[start : start + self.max_batch]).to(self.device)
-                chunks.append(self.network(tensor).detach().to("cpu").numpy())
+        chunks = [
+            self._forward(batch[start : start + self.max_batch])
+            for start in range(0, batch.shape[0], self.max_batch)
+        ]
         outputs = np.concatenate(chunks).astype(np.float32, copy=False)
         responses = []
         offset = 0
@@ -101,9 +110,18 @@ class TritonPythonModel:
             offset += size
         return responses
 
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """One batch through the ONNX session or the torch network."""
+        if self.session is not None:
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+        with torch.inference_mode():
+            tensor = torch.from_numpy(batch).to(self.device)
+            return self.network(tensor).detach().to("cpu").numpy()
+
     def finalize(self) -> None:
         """Release the network (and its GPU memory)."""
         self.network = None
+        self.session = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
