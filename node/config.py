@@ -198,6 +198,13 @@ class Settings(BaseSettings):
         le=1000,
         description="Associations served at once (plain and TLS); more are rejected, transient.",
     )
+    receivers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Processes receiving DICOM on the port(s), sharing max_associations; 0 "
+        "receives in the node's own process.",
+    )
     require_called_ae_title: bool = Field(
         default=True, description="Reject associations whose called AE title is not ae_title."
     )

@@ -13,8 +13,8 @@ from node.config import Settings
 from node.errors import ConfigError
 from node.export.registry import build_exporters
 from node.ingest.dicomweb import StowService
-from node.ingest.dimse import DimseListener
-from node.ingest.tls import server_context
+from node.ingest.durable import InstanceStore
+from node.ingest.receivers import dicom_receivers
 from node.jobs.queue import recover_jobs
 from node.jobs.runner import ExportRetry, JobRunner
 from node.jobs.workers import WorkerPool
@@ -80,30 +80,13 @@ class Node:
         self.spool = Spool(settings.data_dir / "spool")
         self.db = Database(settings.index_url)
         self.db.create_schema()
-        tls = settings.tls
-        ssl_context = None
-        if tls.port is not None:
-            assert tls.certificate is not None  # TlsSettings validated both
-            assert tls.private_key is not None
-            ssl_context = server_context(
-                certificate=tls.certificate,
-                private_key=tls.private_key,
-                ca_certificates=tls.ca_certificates,
-                require_client_certificate=tls.require_client_certificate,
-            )
-        self.listener = DimseListener(
-            ae_title=settings.ae_title,
-            bind_address=settings.bind_address,
-            port=settings.dicom_port,
-            spool=self.spool,
-            db=self.db,
-            allowed_calling_ae_titles=settings.allowed_calling_ae_titles,
-            require_called_ae_title=settings.require_called_ae_title,
-            max_associations=settings.max_associations,
-            min_free_disk_bytes=settings.min_free_disk_mb * 1024 * 1024,
+        # C-STORE: in `receivers` processes (or this one); STOW-RS: here, on the same durable path.
+        self.listener = dicom_receivers(settings, self.spool, self.db)
+        self.store = InstanceStore(
+            self.spool,
+            self.db,
             max_image_pixels=settings.max_image_pixels,
-            tls_port=tls.port,
-            ssl_context=ssl_context,
+            min_free_disk_bytes=settings.min_free_disk_mb * 1024 * 1024,
         )
         self.models = ModelRepository(settings.model_repository)
         self.watcher = CompletenessWatcher(
@@ -132,7 +115,7 @@ class Node:
             host=settings.bind_address,
             port=settings.http_port,
             api_token=settings.api_token,
-            stow=StowService(self.listener.store),
+            stow=StowService(self.store),
         )
         self._stopped = threading.Event()
 

@@ -106,6 +106,8 @@ class DimseListener:
         ``tls_port``: a receiving process gets them from the node (:mod:`node.ingest.receivers`).
     admission
         The association slots; by default ``max_associations`` in this process.
+    announce
+        Log ``dimse.listening`` when started (a receiving process leaves it to the node).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class DimseListener:
         admission: Admission | None = None,
         network_timeout_s: float = 60.0,
         acse_timeout_s: float = 30.0,
+        announce: bool = True,
     ) -> None:
         self.store = InstanceStore(
             spool,
@@ -149,6 +152,7 @@ class DimseListener:
         self._max_associations = max_associations
         self._admission = admission or LocalAdmission(max_associations)
         self._timeouts = {"acse_timeout_s": acse_timeout_s, "network_timeout_s": network_timeout_s}
+        self._announce = announce
         self._loops: list[AcceptLoop] = []
         self._plain: AcceptLoop | None = None
         self._tls: AcceptLoop | None = None
@@ -194,6 +198,8 @@ class DimseListener:
             self._loops.append(self._tls)
         for loop in self._loops:
             loop.start()
+        if not self._announce:
+            return
         log.info("dimse.listening", port=self.port, ae_title=self.ae_title)
         if self._tls is not None:
             log.info("dimse.listening_tls", port=self.tls_port, ae_title=self.ae_title)

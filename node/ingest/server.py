@@ -22,7 +22,7 @@ from typing import Any
 from node.ingest.tls import handshake
 from node.logging import get_logger
 
-__all__ = ["AcceptLoop", "listening_socket"]
+__all__ = ["BACKLOG", "AcceptLoop", "listening_socket"]
 
 #: How often the accept loop looks whether it should stop.
 _POLL_S = 0.5
@@ -32,13 +32,19 @@ log = get_logger(__name__)
 Serve = Callable[[socket.socket, tuple[str, int] | None], None]
 
 
-def listening_socket(address: tuple[str, int], *, backlog: int = 128) -> socket.socket:
-    """A TCP socket bound to ``address`` and listening (raises OSError if the port is taken)."""
+#: Connections the kernel queues for ``accept``.
+BACKLOG = 128
+
+
+def listening_socket(address: tuple[str, int], *, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``address`` (raises OSError if the port is taken), listening unless
+    ``listen`` is False (the caller then calls ``listen(BACKLOG)`` when it is ready to serve)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(backlog)
+        if listen:
+            sock.listen(BACKLOG)
     except BaseException:
         sock.close()
         raise

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Table, func, insert, select, update
+from sqlalchemy import Connection, Dialect, Table, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from node.store.database import Database
@@ -104,15 +106,27 @@ def record_instance(
     return outcome
 
 
-def record_instances(db: Database, items: Sequence[Received]) -> list[RecordOutcome]:
+def record_instances(
+    db: Database, items: Sequence[Received], *, portable: bool = False
+) -> list[RecordOutcome]:
     """Index several instances in one transaction (group commit); each one's outcome, in order.
 
     Each is indexed as :func:`record_instance` describes, in the order given. The transaction
     takes the write lock first (:meth:`Database.writer`), so what it reads about a series or an
     instance is what it then updates, whoever else writes the index.
+
+    On SQLite the statements go straight to the driver, their values converted by the columns'
+    own SQLAlchemy types (this is the hot path of every received instance: SQL expression
+    compilation cost more than the rest of the store); elsewhere, or with ``portable``, they are
+    SQLAlchemy Core statements. Both write the same rows.
     """
     with db.writer() as connection:
-        return _Batch(connection).record_all(items)
+        batch: _Batch
+        if connection.dialect.name == "sqlite" and not portable:
+            batch = _DriverBatch(connection)
+        else:
+            batch = _CoreBatch(connection)
+        return batch.record_all(items)
 
 
 @dataclass(slots=True)
@@ -125,66 +139,71 @@ class _SeriesRow:
     touched: bool = False
 
 
+_SERIES: Table = Series.__table__  # type: ignore[assignment]
+_INSTANCES: Table = Instance.__table__  # type: ignore[assignment]
+
+
 class _Batch:
-    """One group-commit transaction: SQL Core statements, each series' row updated once."""
+    """One group-commit transaction; each series' row is updated once, at the end."""
 
-    _series: Table = Series.__table__  # type: ignore[assignment]
-    _instances: Table = Instance.__table__  # type: ignore[assignment]
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
+    def __init__(self) -> None:
         self._by_uid: dict[str, _SeriesRow] = {}
         self._by_id: dict[int, _SeriesRow] = {}
+
+    # The statements, per backend.
+    def _find_series(self, series_uid: str) -> tuple[int, str] | None:
+        raise NotImplementedError
+
+    def _series_state(self, series_id: int) -> str | None:
+        raise NotImplementedError
+
+    def _insert_series(self, values: dict[str, Any]) -> int:
+        raise NotImplementedError
+
+    def _find_instance(self, sop_uid: str) -> tuple[int, int] | None:
+        raise NotImplementedError
+
+    def _insert_instance(self, values: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _update_instance(self, instance_id: int, values: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _update_series(self, row: _SeriesRow, now: dt.datetime) -> None:
+        raise NotImplementedError
 
     def record_all(self, items: Sequence[Received]) -> list[RecordOutcome]:
         now = utcnow()
         outcomes = [self._record(item, now) for item in items]
         for row in self._by_id.values():
-            values: dict[str, Any] = {}
-            if row.delta:
-                values["instance_count"] = self._series.c.instance_count + row.delta
-            if row.touched:
-                values["last_received_at"] = now
-                values["state"] = row.state
-            if values:
-                self._connection.execute(
-                    update(self._series).where(self._series.c.id == row.id).values(**values)
-                )
+            if row.delta or row.touched:
+                self._update_series(row, now)
         return outcomes
 
-    def _series_row(self, item: Received, now: Any) -> _SeriesRow:
+    def _series_row(self, item: Received, now: dt.datetime) -> _SeriesRow:
         record = item.record
         row = self._by_uid.get(record.series_instance_uid)
         if row is not None:
             return row
-        series = self._series
-        found = self._connection.execute(
-            select(series.c.id, series.c.state).where(
-                series.c.series_instance_uid == record.series_instance_uid
-            )
-        ).first()
+        found = self._find_series(record.series_instance_uid)
         if found is None:
-            inserted = self._connection.execute(
-                insert(series).values(
-                    series_instance_uid=record.series_instance_uid,
-                    study_instance_uid=record.study_instance_uid,
-                    state=SeriesState.RECEIVING,
-                    calling_ae_title=item.calling_ae_title,
-                    attributes=record.routing_attributes,
-                    expected_count=record.expected_count,
-                    instance_count=0,
-                    first_received_at=now,
-                    last_received_at=now,
-                    study_pending=False,
-                )
+            series_id = self._insert_series(
+                {
+                    "series_instance_uid": record.series_instance_uid,
+                    "study_instance_uid": record.study_instance_uid,
+                    "state": SeriesState.RECEIVING,
+                    "calling_ae_title": item.calling_ae_title,
+                    "attributes": record.routing_attributes,
+                    "expected_count": record.expected_count,
+                    "instance_count": 0,
+                    "first_received_at": now,
+                    "last_received_at": now,
+                    "study_pending": False,
+                }
             )
-            key = inserted.inserted_primary_key
-            assert key is not None  # an INSERT of one row
-            row = _SeriesRow(int(key[0]), SeriesState.RECEIVING)
+            row = _SeriesRow(series_id, SeriesState.RECEIVING)
         else:
-            row = self._by_id.get(int(found.id)) or _SeriesRow(
-                int(found.id), SeriesState(found.state)
-            )
+            row = self._by_id.get(found[0]) or _SeriesRow(found[0], SeriesState(found[1]))
         self._by_uid[record.series_instance_uid] = row
         self._by_id[row.id] = row
         return row
@@ -192,22 +211,16 @@ class _Batch:
     def _other_series(self, series_id: int) -> _SeriesRow:
         row = self._by_id.get(series_id)
         if row is None:
-            state = self._connection.scalar(
-                select(self._series.c.state).where(self._series.c.id == series_id)
-            )
-            row = _SeriesRow(series_id, SeriesState(state or SeriesState.RECEIVING))
+            state = self._series_state(series_id) or SeriesState.RECEIVING
+            row = _SeriesRow(series_id, SeriesState(state))
             self._by_id[series_id] = row
         return row
 
-    def _record(self, item: Received, now: Any) -> RecordOutcome:
-        record, instances = item.record, self._instances
+    def _record(self, item: Received, now: dt.datetime) -> RecordOutcome:
+        record = item.record
         series = self._series_row(item, now)
-        existing = self._connection.execute(
-            select(instances.c.id, instances.c.series_id).where(
-                instances.c.sop_instance_uid == record.sop_instance_uid
-            )
-        ).first()
-        new_to_series = existing is None or int(existing.series_id) != series.id
+        existing = self._find_instance(record.sop_instance_uid)
+        new_to_series = existing is None or existing[1] != series.id
         values = {
             "transfer_syntax_uid": record.transfer_syntax_uid,
             "series_id": series.id,
@@ -217,22 +230,20 @@ class _Batch:
             "received_at": now,
         }
         if existing is None:
-            self._connection.execute(
-                insert(instances).values(
-                    sop_instance_uid=record.sop_instance_uid,
-                    sop_class_uid=record.sop_class_uid,
+            self._insert_instance(
+                {
+                    "sop_instance_uid": record.sop_instance_uid,
+                    "sop_class_uid": record.sop_class_uid,
                     **values,
-                )
+                }
             )
             series.delta += 1
         else:
             if new_to_series:
                 # Re-sent under another series: it now belongs there, and only there.
-                self._other_series(int(existing.series_id)).delta -= 1
+                self._other_series(existing[1]).delta -= 1
                 series.delta += 1
-            self._connection.execute(
-                update(instances).where(instances.c.id == existing.id).values(**values)
-            )
+            self._update_instance(existing[0], values)
         series.touched = True
         if series.state == SeriesState.RECEIVING:
             return "added"
@@ -240,6 +251,136 @@ class _Batch:
             return "resent"
         series.state = SeriesState.RECEIVING
         return "reopened"
+
+
+class _CoreBatch(_Batch):
+    """SQLAlchemy Core statements (any backend)."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__()
+        self._connection = connection
+
+    def _find_series(self, series_uid: str) -> tuple[int, str] | None:
+        found = self._connection.execute(
+            select(_SERIES.c.id, _SERIES.c.state).where(_SERIES.c.series_instance_uid == series_uid)
+        ).first()
+        return None if found is None else (int(found[0]), str(found[1]))
+
+    def _series_state(self, series_id: int) -> str | None:
+        state = self._connection.scalar(select(_SERIES.c.state).where(_SERIES.c.id == series_id))
+        return None if state is None else str(state)
+
+    def _insert_series(self, values: dict[str, Any]) -> int:
+        key = self._connection.execute(insert(_SERIES).values(**values)).inserted_primary_key
+        assert key is not None  # an INSERT of one row
+        return int(key[0])
+
+    def _find_instance(self, sop_uid: str) -> tuple[int, int] | None:
+        found = self._connection.execute(
+            select(_INSTANCES.c.id, _INSTANCES.c.series_id).where(
+                _INSTANCES.c.sop_instance_uid == sop_uid
+            )
+        ).first()
+        return None if found is None else (int(found[0]), int(found[1]))
+
+    def _insert_instance(self, values: dict[str, Any]) -> None:
+        self._connection.execute(insert(_INSTANCES).values(**values))
+
+    def _update_instance(self, instance_id: int, values: dict[str, Any]) -> None:
+        self._connection.execute(
+            update(_INSTANCES).where(_INSTANCES.c.id == instance_id).values(**values)
+        )
+
+    def _update_series(self, row: _SeriesRow, now: dt.datetime) -> None:
+        values: dict[str, Any] = {"instance_count": _SERIES.c.instance_count + row.delta}
+        if row.touched:
+            values["last_received_at"] = now
+            values["state"] = row.state
+        self._connection.execute(update(_SERIES).where(_SERIES.c.id == row.id).values(**values))
+
+
+class _DriverBatch(_Batch):
+    """The same statements as :class:`_CoreBatch`, as SQL text on the SQLite driver's cursor;
+    values go through the columns' bind processors, so the rows are byte for byte the same."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__()
+        driver = connection.connection.dbapi_connection
+        assert driver is not None
+        self._cursor = driver.cursor()
+        self._bind = _bind_processors(connection.dialect)
+
+    def _convert(self, table: str, values: dict[str, Any]) -> list[Any]:
+        processors = self._bind[table]
+        converted = []
+        for name, value in values.items():
+            processor = processors.get(name)
+            converted.append(value if processor is None else processor(value))
+        return converted
+
+    def _find_series(self, series_uid: str) -> tuple[int, str] | None:
+        self._cursor.execute(
+            "SELECT id, state FROM series WHERE series_instance_uid = ?", (series_uid,)
+        )
+        found = self._cursor.fetchone()
+        return None if found is None else (int(found[0]), str(found[1]))
+
+    def _series_state(self, series_id: int) -> str | None:
+        self._cursor.execute("SELECT state FROM series WHERE id = ?", (series_id,))
+        found = self._cursor.fetchone()
+        return None if found is None else str(found[0])
+
+    def _insert(self, table: str, values: dict[str, Any]) -> int:
+        columns = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        self._cursor.execute(
+            f"INSERT INTO {table} ({columns}) VALUES ({marks})",  # noqa: S608 - names are ours
+            self._convert(table, values),
+        )
+        return int(self._cursor.lastrowid or 0)
+
+    def _insert_series(self, values: dict[str, Any]) -> int:
+        return self._insert("series", values)
+
+    def _find_instance(self, sop_uid: str) -> tuple[int, int] | None:
+        self._cursor.execute(
+            "SELECT id, series_id FROM instances WHERE sop_instance_uid = ?", (sop_uid,)
+        )
+        found = self._cursor.fetchone()
+        return None if found is None else (int(found[0]), int(found[1]))
+
+    def _insert_instance(self, values: dict[str, Any]) -> None:
+        self._insert("instances", values)
+
+    def _update_instance(self, instance_id: int, values: dict[str, Any]) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        self._cursor.execute(
+            f"UPDATE instances SET {assignments} WHERE id = ?",  # noqa: S608 - names are ours
+            [*self._convert("instances", values), instance_id],
+        )
+
+    def _update_series(self, row: _SeriesRow, now: dt.datetime) -> None:
+        if row.touched:
+            values = self._convert("series", {"last_received_at": now, "state": row.state})
+            self._cursor.execute(
+                "UPDATE series SET instance_count = instance_count + ?, last_received_at = ?, "
+                "state = ? WHERE id = ?",
+                [row.delta, *values, row.id],
+            )
+        else:
+            self._cursor.execute(
+                "UPDATE series SET instance_count = instance_count + ? WHERE id = ?",
+                (row.delta, row.id),
+            )
+
+
+@functools.cache
+def _bind_processors(dialect: Dialect) -> dict[str, dict[str, Callable[[Any], Any] | None]]:
+    """Each column's SQLAlchemy bind processor for ``dialect`` (None: the value as it is)."""
+    return {
+        table.name: {column.name: column.type.bind_processor(dialect) for column in table.columns}
+        for table in (_SERIES, _INSTANCES)
+    }
 
 
 def series_instance_paths(db: Database, series_id: int, *, up_to: int | None = None) -> list[str]:

@@ -145,3 +145,105 @@ def test_unwritable_spool_answers_out_of_resources_and_keeps_serving(
     instances.unlink()
     instances.mkdir()
     assert storescu(listener.port, sorted(lidc_dir.glob("*.dcm"))[:1]).returncode == 0
+
+
+# --- several receiving processes (``receivers``) ----------------------------------------------
+
+
+def _indexed(data_dir: Path) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "index.sqlite", timeout=10) as connection:
+        return {row[0] for row in connection.execute("SELECT sop_instance_uid FROM instances")}
+
+
+@pytest.mark.slow
+def test_receiving_processes_store_and_share_the_association_limit(
+    tmp_path: Path, lidc_dir: Path
+) -> None:
+    """``receivers: 2``: four storescu associations at once are all stored (by whichever process
+    took each), and ``max_associations`` holds for the node, not per process."""
+    import concurrent.futures
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from tests.peers import start_node, stop_process
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n")
+    files = sorted(lidc_dir.glob("*.dcm"))[:12]
+    node = start_node(tmp_path / "four", rules_file=str(rules), receivers=2)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            sent = list(pool.map(lambda k: storescu(node.dicom_port, files[k::4]), range(4)))
+        assert all(result.returncode == 0 for result in sent), [r.stderr for r in sent]
+    finally:
+        stop_process(node.process)
+    assert node.process.returncode == 0
+    expected = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in files}
+    assert _indexed(node.data_dir) == expected
+    log = node.log_path.read_text()
+    assert log.count('"dimse.listening"') == 1
+
+    limited = start_node(
+        tmp_path / "limited", rules_file=str(rules), receivers=2, max_associations=1
+    )
+    try:
+        holders = []
+        for _ in range(2):  # the second lands on either process: refused all the same
+            ae = AE(ae_title="HOLDER")
+            ae.add_requested_context(Verification)
+            holders.append(ae.associate("127.0.0.1", limited.dicom_port, ae_title="AINODE"))
+        assert holders[0].is_established
+        assert holders[1].is_rejected
+        assert holders[1].acceptor.primitive.diagnostic == 2  # local limit exceeded
+        holders[0].release()
+        echo = subprocess.run(
+            ["echoscu", "-aec", "AINODE", "127.0.0.1", str(limited.dicom_port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=nodelay_env(),
+            check=False,
+        )
+        assert echo.returncode == 0, echo.stderr
+    finally:
+        stop_process(limited.process)
+
+
+@pytest.mark.slow
+def test_a_receiving_process_killed_at_a_crash_point_takes_the_node_down(
+    tmp_path: Path, lidc_dir: Path
+) -> None:
+    """A crash point fires in the receiving process that stores the instance; the node dies by
+    the same SIGKILL (as one process would), its receivers with it, and what storescu saw
+    acknowledged is indexed. A restarted node serves the port again."""
+    import signal
+
+    from node.faults import CRASH_ENV
+    from tests.peers import launch_node, stop_process, write_node_config
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n")
+    (tmp_path / "node").mkdir()
+    config_path, config = write_node_config(tmp_path / "node", rules_file=str(rules), receivers=2)
+    log_path = tmp_path / "node" / "node.log"
+    node = launch_node(config_path, config, log_path, extra_env={CRASH_ENV: "ingest.after_index:3"})
+    files = sorted(lidc_dir.glob("*.dcm"))[:6]
+    sent = storescu(node.dicom_port, files)
+    assert sent.returncode != 0
+    node.process.wait(30)
+    assert node.process.returncode == -signal.SIGKILL
+    assert '"ingest.receiver_died"' in log_path.read_text()
+    indexed = _indexed(Path(config["data_dir"]))
+    first_two = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in files[:2]}
+    assert first_two <= indexed  # acknowledged before the kill
+    assert len(indexed) == 3  # the third was indexed, then the kill: never acknowledged
+
+    restarted = launch_node(config_path, config, log_path)
+    try:
+        assert storescu(restarted.dicom_port, files).returncode == 0
+    finally:
+        stop_process(restarted.process)
+    assert len(_indexed(Path(config["data_dir"]))) == 6
