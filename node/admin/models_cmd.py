@@ -185,7 +185,8 @@ def add(
     if write_card_template is not None:
         card_template_(model, out=write_card_template, config=config)
         return
-    admin = _admin(config, by)
+    settings, repository, rules = _context(config)
+    admin = ModelsAdmin(repository, by=by or current_user(), rules=rules)
     try:
         version = admin.add(path, model=model, card=card)
     except NodeError as exc:
@@ -193,6 +194,11 @@ def add(
     typer.echo(
         f"added {model}@{version}; `pacs-ai-node models promote {model}@{version}` to use it"
     )
+    if settings.inference.backend == "triton":
+        typer.echo(
+            f"Triton loads every version of a model at once: `pacs-ai-node models load {model}` "
+            "now, and check that it loads, before jobs need it"
+        )
 
 
 @app.command("promote")

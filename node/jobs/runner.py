@@ -191,7 +191,8 @@ class JobRunner:
                     series_number=self._series_number,
                 )
             except (ValueError, OSError) as exc:  # never let the explanation hide the refusal
-                log.warning("job.refusal_report_failed", job_id=job.id, error=str(exc))
+                # The type only: highdicom's messages may quote header values.
+                log.warning("job.refusal_report_failed", job_id=job.id, error=type(exc).__name__)
         if explained is None:
             transition(
                 self._db, job.id, JobState.REJECTED, f"not accepted: {reason}", reason=reason

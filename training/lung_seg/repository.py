@@ -77,7 +77,10 @@ def config_pbtxt() -> str:
         ``config.pbtxt`` text; ``name`` equals the model folder's name.
     """
     rows, cols = INPUT_SIZE
-    return f"""name: "{MODEL_NAME}"
+    return f"""# lung_seg: 2D lung U-Net, one CT slice per batch item (see 1/MODEL_CARD.md).
+# Served by Triton's Python backend (1/model.py loads 1/network.json and 1/model.pt, as the
+# node's embedded backend does). The node sends at most {BATCH_SIZE} slices per request.
+name: "{MODEL_NAME}"
 backend: "python"
 max_batch_size: {BATCH_SIZE}
 input [
@@ -94,14 +97,21 @@ output [
     dims: [ 2, {rows}, {cols} ]
   }}
 ]
+# KIND_AUTO: one instance on each GPU Triton sees, or one CPU instance on a host without one.
+# (KIND_GPU would fail to load on a CPU-only host.) model.py runs on cuda:<id> for a GPU
+# instance and on the CPU otherwise.
 instance_group [
   {{
     count: 1
-    kind: KIND_CPU
+    kind: KIND_AUTO
   }}
 ]
-dynamic_batching {{ }}
-version_policy: {{ latest: {{ num_versions: 1 }} }}
+# Slices are independent, so requests from several jobs can share one pass.
+dynamic_batching {{
+  max_queue_delay_microseconds: 2000
+}}
+# Rules may pin any version in the repository, so every version folder is served.
+version_policy: {{ all: {{ }} }}
 """
 
 

@@ -140,7 +140,10 @@ def test_config_check_and_node_start_refuse_a_bad_card(
 ) -> None:
     repository = tmp_path / "repo"
     shutil.copytree(model_repository / "lung_seg", repository / "lung_seg")
-    _edit(repository / "lung_seg" / "1" / CARD_FILE, {"input.slice_thickness_mm": {"min": 5, "max": 1}})
+    _edit(
+        repository / "lung_seg" / "1" / CARD_FILE,
+        {"input.slice_thickness_mm": {"min": 5, "max": 1}},
+    )
     rules = tmp_path / "rules.yaml"
     rules.write_text(
         "rules: [{name: r, pipeline: lung_seg, model: lung_seg, destinations: [pacs]}]\n"
@@ -159,3 +162,12 @@ def test_config_check_and_node_start_refuse_a_bad_card(
 
     with pytest.raises(ModelCardError, match="slice_thickness_mm"):
         Node(load_settings(config))
+
+
+def test_a_retrain_writes_the_shipped_triton_config_and_network(model_repository: Path) -> None:
+    from training.lung_seg.repository import config_pbtxt, network_description
+
+    folder = model_repository / "lung_seg"
+    assert (folder / "config.pbtxt").read_text(encoding="utf-8") == config_pbtxt()
+    shipped = json.loads((folder / "1" / "network.json").read_text(encoding="utf-8"))
+    assert shipped == json.loads(json.dumps(network_description()))
