@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from monai.networks.nets.unet import UNet
 from typer.testing import CliRunner, Result
 
 from node.admin.cli import app
@@ -21,6 +19,7 @@ from node.backends.embedded import EmbeddedBackend
 from node.models.repository import ModelRepository
 from node.pipelines.lung_seg import INPUT_NAME, OUTPUT_NAME, LungSegmentation, preprocess
 from tests.peers import REPO_ROOT
+from training.lung_seg.export import export_torchscript
 
 pytestmark = pytest.mark.integration
 SHIPPED = REPO_ROOT / "model_repository" / "lung_seg"
@@ -143,18 +142,6 @@ def test_shadow_on_and_off(node_dir: Path, tmp_path: Path) -> None:
     ]
 
 
-def _torchscript_of_the_shipped_model(path: Path) -> Path:
-    """Our own lung model, exported as TorchScript (traced on one slice)."""
-    description = json.loads((SHIPPED / "1" / "network.json").read_text())
-    network = UNet(**description["kwargs"])
-    network.load_state_dict(torch.load(SHIPPED / "1" / "model.pt", weights_only=True))
-    network.eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(network, torch.zeros(1, 1, 256, 256))
-    traced.save(str(path))
-    return path
-
-
 def _filled_template(node_dir: Path, path: Path) -> Path:
     _ok(node_dir, "card-template", "lung_seg", "--out", str(path))
     assert "placeholder" in _refused(
@@ -168,7 +155,7 @@ def _filled_template(node_dir: Path, path: Path) -> Path:
 def test_a_torchscript_export_of_the_shipped_model_gives_the_same_numbers(
     node_dir: Path, tmp_path: Path, load_series: Callable[[str], Volume]
 ) -> None:
-    scripted = _torchscript_of_the_shipped_model(tmp_path / "lung.ts")
+    scripted = export_torchscript(SHIPPED / "1", tmp_path / "lung.ts")
     missing = _refused(node_dir, "add", str(scripted), "--model", "lung_seg")
     assert "models card-template lung_seg" in missing
     card = _filled_template(node_dir, tmp_path / "card.yaml")
