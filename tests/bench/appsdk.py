@@ -178,7 +178,7 @@ def run(
             not_measured("App SDK: peak RSS", missing, f"≤ {RSS_TARGET}"),
         ]
         return section
-    runs = 1 if smoke else 3
+    runs = 1 if smoke else 5
     sources = read_lidc_in_z_order()
     if smoke:
         sources = sources[20:32]

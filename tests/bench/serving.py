@@ -6,8 +6,9 @@ measured yet (Triton issue)". The hook is :func:`run`; when everything is presen
 
 - **Triton vs embedded**: :meth:`LungSegmentation.run` on the LIDC chest CT (55 slices) through
   :class:`TritonBackend` (gRPC, the shipped model repository, explicit model control) and through
-  :class:`TorchBackend` (2 torch threads), each warmed up first; median of 3. Same model, same
-  pipeline, so the difference is the serving path. Target: Triton <= 1.10 x embedded.
+  :class:`TorchBackend` (2 torch threads), each warmed up first, then run in turn; median of 5.
+  Same model, same pipeline, so the difference is the serving path. Target: Triton <= 1.10 x
+  embedded.
 - **Dynamic batching**: 4 client threads, each sending one-slice requests back to back for a
   fixed count; slices/s with the shipped ``config.pbtxt`` (``dynamic_batching``) against a copy
   of the repository whose config has that block removed. Target: >= 1.5 x unbatched.
@@ -49,17 +50,20 @@ def triton_missing() -> str | None:
     return None if missing is None else f"{WHY}: {missing}"
 
 
-def pipeline_seconds(backend: Any, volume: Any, runs: int) -> list[float]:
-    """Seconds of ``LungSegmentation.run`` through ``backend``: ``runs`` runs after a warm-up."""
+def alternate_pipeline_seconds(backends: list[Any], volume: Any, runs: int) -> list[list[float]]:
+    """Seconds of ``LungSegmentation.run`` through each backend, ``runs`` times, in turn (so
+    that every backend sees the same load on a shared machine), after one warm-up run each."""
     from node.pipelines.lung_seg import LungSegmentation
 
     pipeline = LungSegmentation()
-    pipeline.run(volume, backend, "lung_seg", "1")
-    seconds = []
-    for _ in range(runs):
-        started = time.perf_counter()
+    for backend in backends:
         pipeline.run(volume, backend, "lung_seg", "1")
-        seconds.append(time.perf_counter() - started)
+    seconds: list[list[float]] = [[] for _ in backends]
+    for _ in range(runs):
+        for backend, times in zip(backends, seconds, strict=True):
+            started = time.perf_counter()
+            pipeline.run(volume, backend, "lung_seg", "1")
+            times.append(time.perf_counter() - started)
     return seconds
 
 
@@ -112,16 +116,20 @@ def run(*, smoke: bool = False, workdir: Path | None = None) -> Section:
     from node.backends.triton import TritonBackend
     from tests.triton import start_triton
 
-    runs, requests = (1, 5) if smoke else (3, 50)
+    runs, requests = (1, 5) if smoke else (5, 50)
     datasets = read_lidc_in_z_order()
     volume = volume_from_datasets(datasets[20:32] if smoke else datasets)
-    embedded = pipeline_seconds(
-        TorchBackend(MODEL_REPOSITORY, num_threads=TORCH_THREADS), volume, runs
-    )
     with tempfile.TemporaryDirectory(prefix="pacs-ai-node-bench-triton-", dir=workdir) as folder:
         server = start_triton(MODEL_REPOSITORY, Path(folder) / "batched")
         try:
-            served = pipeline_seconds(TritonBackend(server.grpc_url), volume, runs)
+            embedded, served = alternate_pipeline_seconds(
+                [
+                    TorchBackend(MODEL_REPOSITORY, num_threads=TORCH_THREADS),
+                    TritonBackend(server.grpc_url),
+                ],
+                volume,
+                runs,
+            )
             batched = concurrent_throughput(server.grpc_url, requests)
         finally:
             server.stop()
@@ -133,7 +141,8 @@ def run(*, smoke: bool = False, workdir: Path | None = None) -> Section:
     slices = volume.array.shape[0]
     e, t = statistics.median(embedded), statistics.median(served)
     section.details += [
-        f"LungSegmentation.run on {slices} slices, median of {runs} after a warm-up: embedded "
+        f"LungSegmentation.run on {slices} slices, median of {runs} after a warm-up, the two "
+        f"backends in turn: embedded "
         f"(torch, {TORCH_THREADS} threads) {e:.2f} s, Triton (gRPC, Python backend) {t:.2f} s.",
         f"{CONCURRENCY} threads x {requests} one-slice requests: {batched:.1f} slices/s with "
         f"dynamic batching, {unbatched:.1f} without.",

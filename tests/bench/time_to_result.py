@@ -82,7 +82,7 @@ def run(
     *, smoke: bool = False, workdir: Path | None = None, quiet_period_s: float = QUIET_PERIOD_S
 ) -> Section:
     """Measure time to result and model time; ``smoke``: 12 slices, one run each."""
-    runs = 1 if smoke else 3
+    runs = 1 if smoke else 5
     warmups = 0 if smoke else 1  # a smoke run times a cold node: it checks the code, not figures
     sources = read_lidc_in_z_order()
     if smoke:
