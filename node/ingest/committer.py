@@ -39,11 +39,15 @@ class GroupCommitter:
         self._db = db
         self._max_batch = max_batch
         self._queue: list[_Pending] = []
-        self._queue_lock = threading.Lock()
-        self._commit_lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._committing = False
 
     def record(self, item: Received) -> RecordOutcome:
         """Index ``item``; return once its row is committed.
+
+        A store waits on a condition, not on a lock: when a commit ends, every waiter wakes, those
+        it committed return, and one of the others leads the next commit (a lock's waiters can
+        lose it to newcomers indefinitely, even when their row is long committed).
 
         Raises
         ------
@@ -51,14 +55,23 @@ class GroupCommitter:
             If the transaction holding it failed (nothing of it was committed).
         """
         pending = _Pending(item)
-        with self._queue_lock:
+        with self._changed:
             self._queue.append(pending)
-        with self._commit_lock:
-            while not pending.done:
-                with self._queue_lock:
-                    batch = self._queue[: self._max_batch]
-                    del self._queue[: self._max_batch]
+        while True:
+            with self._changed:
+                while self._committing and not pending.done:
+                    self._changed.wait()
+                if pending.done:
+                    break
+                self._committing = True
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+            try:
                 self._commit(batch)
+            finally:
+                with self._changed:
+                    self._committing = False
+                    self._changed.notify_all()
         if pending.error is not None:
             raise pending.error
         assert pending.outcome is not None
