@@ -34,7 +34,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[torch,triton]' --group dev
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[torch,triton,onnx]' --group dev
 	touch $@
 
 install: $(STAMP)

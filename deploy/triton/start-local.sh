@@ -47,7 +47,7 @@ export PATH="$home/venv/bin:$PATH"  # the stub starts the first python3 on PATH'
 # environment's own version. A stub that cannot start makes a load hang for minutes.
 missing="$(ldd "$backend/triton_python_backend_stub" | grep 'not found' || true)"
 [ -z "$missing" ] || die "the Python-backend stub misses libraries: $missing"
-ldd "$backend/triton_python_backend_stub" | grep -q "libpython$version\.so" \
+ldd "$backend/triton_python_backend_stub" | grep "libpython$version\.so" >/dev/null \
   || die "the Python-backend stub does not link libpython$version"
 "$python" -c 'import numpy, torch, monai' 2>/dev/null \
   || die "numpy, torch or monai missing from $home/venv: run 'make triton-deps'"
