@@ -16,15 +16,18 @@ CONFIG ?= deploy/node.yaml
 # .cache/triton (nvidia-pytriton holds numpy below 2; the node's .venv keeps numpy 2).
 TRITON_HOME  := .cache/triton
 TRITON_STAMP := $(TRITON_HOME)/.installed
+# MONAI Deploy App SDK, for the benchmark that runs the same job through it (its own venv).
+APPSDK_VENV  := .cache/bench/appsdk-venv
+APPSDK_STAMP := $(APPSDK_VENV)/.installed
 
-.PHONY: help install system-deps viewer-deps triton-deps triton run demo bench test test-fast lint typecheck check train clean
+.PHONY: help install system-deps viewer-deps triton-deps appsdk-deps triton run demo bench test test-fast lint typecheck check train clean
 
 help:
 	@echo "make run        install what is missing, then start the node ($(CONFIG))"
 	@echo "make test       install what is missing (system packages too), run ruff, mypy and every test"
 	@echo "make test-fast  the tests without the slow end-to-end ones"
 	@echo "make demo       Orthanc + the node + the OHIF viewer, with a chest CT sent through"
-	@echo "make bench      receive throughput of the node against storescp and Orthanc"
+	@echo "make bench      issue-6 benchmarks (receive/STOW-RS throughput, time to result, peak RSS, App SDK, Triton): one table of ratios"
 	@echo "make triton     a local Triton (tritonserver 2.51) serving model_repository/ on 127.0.0.1:8000/8001"
 	@echo "make check      ruff and mypy"
 	@echo "make train      retrain the shipped lung model from ../shared/data"
@@ -66,23 +69,30 @@ $(TRITON_STAMP): deploy/triton/install.sh deploy/triton/requirements.txt deploy/
 
 triton-deps: $(TRITON_STAMP)
 
+$(APPSDK_STAMP): tests/bench/appsdk-constraints.txt | $(STAMP)
+	rm -rf $(APPSDK_VENV)
+	$(BIN)/python -m tests.bench.appsdk --install
+	touch $@
+
+appsdk-deps: $(APPSDK_STAMP)
+
 triton: triton-deps
 	TRITON_HOME=$(TRITON_HOME) deploy/triton/start-local.sh
 
 run: install
 	$(BIN)/pacs-ai-node serve --config $(CONFIG)
 
-test: install viewer-deps triton-deps check
+test: install viewer-deps triton-deps appsdk-deps check
 	$(BIN)/python -m pytest
 
-test-fast: install viewer-deps triton-deps
+test-fast: install viewer-deps triton-deps appsdk-deps
 	$(BIN)/python -m pytest -m "not slow"
 
 demo: install viewer-deps
 	$(BIN)/python -m tests.demo
 
-bench: install system-deps
-	$(BIN)/python -m tests.bench.ingest
+bench: install system-deps triton-deps appsdk-deps
+	$(BIN)/python -m tests.bench
 
 lint: install
 	$(BIN)/ruff check .
