@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import highdicom as hd
+from pydicom import Dataset
+from pydicom.dataelem import DataElement
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import UID
 
 __all__ = [
     "PACKAGE_NAME",
@@ -20,6 +24,7 @@ __all__ = [
     "AlgorithmIdentification",
     "derive_uid",
     "software_versions",
+    "with_frame_of_reference",
 ]
 
 PACKAGE_NAME = "pacs-ai-node"
@@ -30,6 +35,7 @@ UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:pacs-ai-node:dicom_sr")
 
 _UNKNOWN_VERSION = "0+unknown"
 _LO_MAX_CHARS = 64  # DICOM PS3.5 Table 6.2-1, VR LO
+_FRAME_OF_REFERENCE_UID_TAG = 0x0020_0052
 
 
 def derive_uid(*parts: str) -> str:
@@ -144,3 +150,50 @@ class AlgorithmIdentification:
             version=self.version,
             source=self.source,
         )
+
+
+def with_frame_of_reference(
+    source_images: Sequence[Dataset], frame_of_reference_uid: str | None
+) -> Sequence[Dataset]:
+    """Return the sources an object is built from, applying the Frame of Reference policy.
+
+    Parameters
+    ----------
+    source_images
+        The source series.
+    frame_of_reference_uid
+        ``None``: every image must carry the same FrameOfReferenceUID (else ``ValueError``),
+        and the images are returned as they are. A UID: shallow copies of the images whose
+        FrameOfReferenceUID is this value (the caller's datasets are left untouched); see
+        :func:`dicom_sr.seg.build_segmentation` for when and why.
+
+    Returns
+    -------
+    Sequence[pydicom.Dataset]
+        The images to build from.
+    """
+    if frame_of_reference_uid is None:
+        values = {image.get("FrameOfReferenceUID") for image in source_images}
+        if len(values) != 1:
+            raise ValueError(
+                f"source_images disagree on FrameOfReferenceUID ({len(values)} distinct "
+                "values); pass frame_of_reference_uid to declare the one the Segmentation "
+                "uses"
+            )
+        return source_images
+    if not UID(frame_of_reference_uid).is_valid:
+        raise ValueError(
+            f"frame_of_reference_uid {frame_of_reference_uid!r} is not a valid DICOM UID"
+        )
+    copies = []
+    for image in source_images:
+        # Dataset(image) and copy.copy(image) share the element dict with the caller's
+        # dataset: build a new dict, and replace (never assign into) the shared element.
+        copy = Dataset(dict(image.items()))
+        if hasattr(image, "file_meta"):
+            copy.file_meta = image.file_meta
+        copy[_FRAME_OF_REFERENCE_UID_TAG] = DataElement(
+            _FRAME_OF_REFERENCE_UID_TAG, "UI", frame_of_reference_uid
+        )
+        copies.append(copy)
+    return copies

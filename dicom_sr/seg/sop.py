@@ -10,10 +10,15 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom import Dataset
-from pydicom.dataelem import DataElement
 from pydicom.uid import UID
 
-from dicom_sr._common import PACKAGE_NAME, AlgorithmIdentification, derive_uid, software_versions
+from dicom_sr._common import (
+    PACKAGE_NAME,
+    AlgorithmIdentification,
+    derive_uid,
+    software_versions,
+    with_frame_of_reference,
+)
 from dicom_sr.seg.content import SegmentSpec
 
 __all__ = ["DEVICE_SERIAL_NUMBER", "build_segmentation"]
@@ -21,7 +26,6 @@ __all__ = ["DEVICE_SERIAL_NUMBER", "build_segmentation"]
 DEVICE_SERIAL_NUMBER = PACKAGE_NAME
 """DeviceSerialNumber of every object we write: stable, so no random or per-host value."""
 
-_FRAME_OF_REFERENCE_UID_TAG = 0x0020_0052
 _LO_MAX_CHARS = 64  # DICOM PS3.5 Table 6.2-1, VR LO
 
 
@@ -129,7 +133,7 @@ def build_segmentation(
     _check_long_string("series_description", series_description)
     _check_long_string("manufacturer", manufacturer)
 
-    sources = _with_frame_of_reference(source_images, frame_of_reference_uid)
+    sources = with_frame_of_reference(source_images, frame_of_reference_uid)
     segment_map = _to_segment_numbers(label_map, segments)
     descriptions = [
         spec.to_description(
@@ -239,34 +243,6 @@ def _check_long_string(name: str, value: str) -> None:
 
 def _truncate(value: str) -> str:
     return value if len(value) <= _LO_MAX_CHARS else value[:_LO_MAX_CHARS]
-
-
-def _with_frame_of_reference(
-    source_images: Sequence[Dataset], frame_of_reference_uid: str | None
-) -> Sequence[Dataset]:
-    """Return the sources the SEG is built from, applying the Frame of Reference policy."""
-    if frame_of_reference_uid is None:
-        values = {image.get("FrameOfReferenceUID") for image in source_images}
-        if len(values) != 1:
-            raise ValueError(
-                f"source_images disagree on FrameOfReferenceUID ({len(values)} distinct "
-                "values); pass frame_of_reference_uid to declare the one the Segmentation "
-                "uses"
-            )
-        return source_images
-    _check_uid("frame_of_reference_uid", frame_of_reference_uid)
-    copies = []
-    for image in source_images:
-        # Dataset(image) and copy.copy(image) share the element dict with the caller's
-        # dataset: build a new dict, and replace (never assign into) the shared element.
-        copy = Dataset(dict(image.items()))
-        if hasattr(image, "file_meta"):
-            copy.file_meta = image.file_meta
-        copy[_FRAME_OF_REFERENCE_UID_TAG] = DataElement(
-            _FRAME_OF_REFERENCE_UID_TAG, "UI", frame_of_reference_uid
-        )
-        copies.append(copy)
-    return copies
 
 
 def _to_segment_numbers(

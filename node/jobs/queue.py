@@ -61,6 +61,7 @@ def create_job(
         version=version,
         shadow_version=shadow_version,
         explain_refusal=rule.explain_refusal,
+        explain=rule.explain,
         destinations=list(rule.destinations),
         state=JobState.PENDING,
         attempts=0,

@@ -13,6 +13,7 @@ kept in the spool and compared (Dice per label map) but never delivered, and not
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from node.jobs.shadow import describe_shadow, run_shadow
 from node.logging import get_logger
 from node.models.guard import check_intended_use
 from node.models.repository import ModelRepository
+from node.pipelines.base import Explainer, Pipeline
+from node.pipelines.findings import Findings
 from node.pipelines.registry import get_pipeline
 from node.store.database import Database
 from node.store.index import series_instance_paths
@@ -129,12 +132,15 @@ class JobRunner:
             check_intended_use(volume, card)
             pipeline.check(volume)
             findings = pipeline.run(volume, self._backend, job.model, job.version)
+            if job.explain:
+                findings = self._explained(job, pipeline, volume, findings)
             results = write_results(
                 findings,
                 volume,
                 job_uid=job.uid,
                 spool=self._spool,
                 series_number=self._series_number,
+                explain=job.explain,
             )
         except NotAccepted as exc:
             return self._refuse(job, volume, exc.reason)
@@ -174,6 +180,22 @@ class JobRunner:
         )
         log.info("job.inferred", job_id=job.id, count=len(results), duration_s=round(duration, 2))
         return JobState.EXPORTING
+
+    def _explained(
+        self, job: Job, pipeline: Pipeline, volume: Volume, findings: Findings
+    ) -> Findings:
+        """``findings`` with the pipeline's heat maps, when it makes any.
+
+        An explanation that fails is logged and left out: the job's results still go.
+        """
+        if not isinstance(pipeline, Explainer):
+            return findings
+        try:
+            heat_maps = pipeline.explain(volume, self._backend, job.model, job.version, findings)
+        except PipelineError as exc:
+            log.warning("job.explanation_failed", job_id=job.id, error=type(exc).__name__)
+            return findings
+        return dataclasses.replace(findings, heat_maps=heat_maps)
 
     def _refuse(self, job: Job, volume: Volume | None, reason: str) -> JobState:
         """End ``job`` rejected with ``reason``; first send the refusal SR if its rule asked."""

@@ -32,8 +32,9 @@ __all__ = ["SHADOW_PREFIX", "compare", "describe_shadow", "dice", "run_shadow", 
 
 log = get_logger(__name__)
 
-#: Output name prefix of a shadow's result files (the job's own are ``seg<index>``).
-SHADOW_PREFIX = "shadow-seg"
+#: Output name prefix of a shadow's result files (the job's own are ``seg<index>``, ``sr``, ...;
+#: the shadow's ``shadow-seg<index>``, ...).
+SHADOW_PREFIX = "shadow-"
 
 
 def dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:

@@ -221,7 +221,12 @@ class Coded(_Strict):
 
 
 class OutputSegment(_Strict):
-    """One label of the model's label map and its coded meaning."""
+    """One label of the model's label map and its coded meaning.
+
+    A detection model lists what it segments (e.g. label 1 = Nodule; the node numbers the
+    objects it finds 1, 2, ...); a classification model lists its classes, ``label`` being the
+    class index plus one.
+    """
 
     label: int = Field(ge=1, le=255)
     name: str = Field(min_length=1, max_length=64)
@@ -271,7 +276,10 @@ class ModelCard(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=NAME_PATTERN)
     version: str = Field(pattern=NAME_PATTERN)
-    task: Literal["segmentation"] = Field(description="What the model does.")
+    task: Literal["segmentation", "detection", "classification"] = Field(
+        description="What the model does: segmentation (a label map), detection (objects with "
+        "their segmentation and measurements) or classification (a label for the series)."
+    )
     pipeline: str = Field(min_length=1, description="The node pipeline that runs it.")
     summary: str = Field(min_length=1)
     clinical_use: Literal["not for clinical use"] = Field(

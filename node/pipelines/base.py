@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from node.assembly.volume import Volume
 from node.backends.base import Backend
-from node.pipelines.findings import Findings
+from node.pipelines.findings import Findings, HeatMap
 
-__all__ = ["Pipeline"]
+__all__ = ["Explainer", "Pipeline"]
 
 
 class Pipeline(Protocol):
@@ -26,4 +26,19 @@ class Pipeline(Protocol):
 
     def run(self, volume: Volume, backend: Backend, model: str, version: str) -> Findings:
         """Run ``model`` at ``version`` through ``backend`` on ``volume``."""
+        ...
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    """A pipeline that can explain its findings with heat maps (when a rule asks: ``explain``).
+
+    Explaining costs more inference (occlusion sensitivity runs the model many times), so the
+    node asks only for jobs whose rule wants it.
+    """
+
+    def explain(
+        self, volume: Volume, backend: Backend, model: str, version: str, findings: Findings
+    ) -> tuple[HeatMap, ...]:
+        """Heat maps of why ``model`` found ``findings`` on ``volume`` (may be empty)."""
         ...

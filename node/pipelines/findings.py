@@ -10,8 +10,10 @@ A pipeline may return any mix of:
   TID 1500 Measurement Report, referencing its SEG segment);
 * :class:`Classification`: a label for the whole series with its probability (→ an image-level
   measurement group of the same report);
-* :class:`HeatMap`: a float map on the volume's grid explaining a decision (→ a Parametric Map,
-  written only when the job's rule asks for explanations).
+* :class:`HeatMap`: a float map on the volume's slices explaining a decision (→ a Parametric
+  Map, written only when the job's rule asks for explanations);
+* ``absent``: concepts looked for and not found (→ "Nodule: Absent" in the report), so a
+  detector that found nothing still says so.
 """
 
 from __future__ import annotations
@@ -132,7 +134,9 @@ class HeatMap:
     Attributes
     ----------
     array
-        float32 values in ``[0, 1]`` (higher: the region weighed more in the decision).
+        float32 values in ``[0, 1]`` (higher: the region weighed more in the decision),
+        ``(slices, rows, columns)``: one plane per slice of the volume, at the volume's in-plane
+        size or a whole fraction of it (e.g. 256x256 on 512x512 slices; pixel areas aligned).
     label
         Short name (DICOM ContentLabel: upper-case letters, digits, underscore; at most 16).
     description
@@ -161,3 +165,4 @@ class Findings:
     detections: tuple[Detection, ...] = ()
     classifications: tuple[Classification, ...] = ()
     heat_maps: tuple[HeatMap, ...] = ()
+    absent: tuple[CodedConcept, ...] = ()

@@ -16,8 +16,17 @@ def _lung_seg() -> Pipeline:
     return LungSegmentation()
 
 
+def _nodule_det() -> Pipeline:
+    from node.pipelines.nodule_det import NoduleDetection
+
+    return NoduleDetection()
+
+
 #: Pipeline name → factory. Factories import lazily so the node starts without heavy imports.
-PIPELINES: dict[str, Callable[[], Pipeline]] = {"lung_seg": _lung_seg}
+PIPELINES: dict[str, Callable[[], Pipeline]] = {
+    "lung_seg": _lung_seg,
+    "nodule_det": _nodule_det,
+}
 
 
 def get_pipeline(name: str) -> Pipeline:

@@ -16,6 +16,7 @@ Example::
         version: "1"             # optional: leave out (or "promoted") to follow the promoted one
         shadow: "2"              # optional: also run this version, compare, never export it
         explain_refusal: true    # optional: a series outside the model card gets an SR saying why
+        explain: true            # optional: also send heat maps of why (Parametric Maps)
         destinations: [pacs]
         on_growth: ignore        # or reprocess: a series that grows after routing runs again
         expected_instances: 120  # optional: the series is complete at this count
@@ -104,6 +105,11 @@ class Rule(BaseModel):
         default=False,
         description="A series outside the model card gets a short SR saying why, sent to the "
         "destinations instead of a result.",
+    )
+    explain: bool = Field(
+        default=False,
+        description="Also send explanation heat maps (Parametric Maps: occlusion sensitivity) "
+        "of the model's findings, for pipelines that make them; costs more inference.",
     )
     destinations: list[str] = Field(min_length=1)
     continue_: bool = Field(default=False, alias="continue")

@@ -191,6 +191,9 @@ class Job(Base):
     explain_refusal: Mapped[bool] = mapped_column(
         default=False, doc="A series outside the model card gets an SR saying why (its rule's)."
     )
+    explain: Mapped[bool] = mapped_column(
+        default=False, doc="Results include explanation heat maps (its rule's ``explain``)."
+    )
     refused: Mapped[bool] = mapped_column(
         default=False, doc="Outside the model card: its results are the refusal SR, if any."
     )

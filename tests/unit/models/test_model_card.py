@@ -30,7 +30,19 @@ def test_the_shipped_card_is_valid_and_names_its_folder(model_repository: Path) 
     assert card.clinical_use == "not for clinical use"
     assert card.input.modalities == ["CT"]
     assert card.labels.expert_annotation is False
-    assert ModelRepository(model_repository).validate() == [card]
+    assert card in ModelRepository(model_repository).validate()
+
+
+@pytest.mark.parametrize(
+    ("model", "task"), [("lung_seg", "segmentation"), ("nodule_det", "detection")]
+)
+def test_every_shipped_model_has_a_valid_card(
+    model_repository: Path, model: str, task: str
+) -> None:
+    card = load_card(model_repository / model / "1" / CARD_FILE, model=model, version="1")
+    assert (card.task, card.pipeline, card.clinical_use) == (task, model, "not for clinical use")
+    assert card in ModelRepository(model_repository).validate()
+    assert (model_repository / model / "1" / "MODEL_CARD.md").is_file()
 
 
 def test_every_card_metric_is_the_training_runs_number(model_repository: Path) -> None:
