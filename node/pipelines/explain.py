@@ -87,9 +87,8 @@ def occlusion_heat_map(
         # MONAI 1.6 indexes tensors with lists, which torch 2.13 warns about on every call.
         warnings.simplefilter("ignore", UserWarning)
         occluded, _ = occlusion(torch.from_numpy(image[np.newaxis].copy()), b_box=b_box)
-    # MONAI's map is (1, 1, rows, columns, classes), the classes axis dropped when there is one.
-    by_class = occluded[0, 0] if occluded.ndim == image.ndim + 2 else occluded[0, 0][..., None]
-    scores = by_class[..., target].cpu().numpy()
+    # MONAI 1.6 returns (1, classes, rows, columns), whatever its docstring says.
+    scores = occluded[0, target].cpu().numpy()
     drop = np.clip((baseline - scores) / baseline, 0.0, 1.0).astype(np.float32)
     heat = np.zeros(image.shape[1:], dtype=np.float32)
     if box is None:

@@ -22,10 +22,17 @@ def _nodule_det() -> Pipeline:
     return NoduleDetection()
 
 
+def _ct_region() -> Pipeline:
+    from node.pipelines.ct_region import BodyRegion
+
+    return BodyRegion()
+
+
 #: Pipeline name → factory. Factories import lazily so the node starts without heavy imports.
 PIPELINES: dict[str, Callable[[], Pipeline]] = {
     "lung_seg": _lung_seg,
     "nodule_det": _nodule_det,
+    "ct_region": _ct_region,
 }
 
 
