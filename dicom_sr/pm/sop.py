@@ -1,11 +1,13 @@
 """Builder of Parametric Maps holding explanation heat maps on the source series' geometry.
 
-The map is a DICOM Parametric Map (``1.2.840.10008.5.1.4.1.1.30``) with one frame per source
-image, in the source's Frame of Reference, on the same planes (position and orientation of
-every source image); its in-plane grid is the source's or a whole fraction of it. Values are
-stored as unsigned 16-bit integers ``0 .. 1000`` (RLE Lossless: most of a map is 0) with a Real
-World Value Mapping of slope 0.001 to the heat map's ``[0, 1]`` (UCUM ``1``), whose LUT label,
-explanation and quantity definition say what the map is and how it was made.
+The map is a DICOM Parametric Map (``1.2.840.10008.5.1.4.1.1.30``) in the source's Frame of
+Reference, one frame per source image on which the map is not all zero (at least one), on that
+image's plane (position and orientation) and referencing it; its in-plane grid is the source's
+or a whole fraction of it. Values are stored as unsigned 16-bit integers ``0 .. 1000`` with a
+Real World Value Mapping of slope 0.001 to the heat map's ``[0, 1]`` (UCUM ``1``), whose LUT
+label, explanation and quantity definition say what the map is and how it was made. The
+transfer syntax is Explicit VR Little Endian, which every PACS accepts (dcmtk's storescp, for
+one, refuses RLE unless told otherwise).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 from pydicom.sr.coding import Code
-from pydicom.uid import UID, RLELossless
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicom_sr._common import (
     PACKAGE_NAME,
@@ -55,7 +57,8 @@ def build_parametric_map(
     ----------
     source_images
         Single-frame images of one series, sorted along the slice normal (metadata only);
-        ``heat_map.array[k]`` lies on ``source_images[k]``'s plane.
+        ``heat_map.array[k]`` lies on ``source_images[k]``'s plane. Planes of the map that are
+        all zero are left out.
     heat_map
         The map and what it is.
     algorithm
@@ -95,9 +98,12 @@ def build_parametric_map(
             raise ValueError(f"{name} {uid!r} is not a valid DICOM UID")
     if not series_description.strip() or len(series_description) > _LO_MAX_CHARS:
         raise ValueError(f"series_description must be 1 to 64 characters: {series_description!r}")
-    sources = with_frame_of_reference(source_images, frame_of_reference_uid)
-    factor = (source_rows // rows, source_cols // cols)
     stored = np.rint(np.clip(heat_map.array, 0.0, 1.0) * STORED_MAX).astype(np.uint16)
+    kept = [k for k in range(slices) if stored[k].any()] or [0]
+    every = with_frame_of_reference(source_images, frame_of_reference_uid)
+    sources = [every[k] for k in kept]
+    stored = stored[kept]
+    factor = (source_rows // rows, source_cols // cols)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=heat_map.content_label,
         lut_explanation=heat_map.description,
@@ -127,7 +133,7 @@ def build_parametric_map(
             voi_lut_transformations=[
                 hd.VOILUTTransformation(window_center=STORED_MAX / 2, window_width=STORED_MAX)
             ],
-            transfer_syntax_uid=RLELossless,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
             content_description=f"{algorithm.name}@{algorithm.version}: {heat_map.description}"[
                 :_LO_MAX_CHARS
             ],

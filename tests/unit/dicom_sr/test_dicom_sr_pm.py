@@ -66,8 +66,10 @@ def test_valid_and_on_the_source_planes(lidc: list[Dataset], tmp_path: Path, siz
     spacing = read.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
     assert [float(v) for v in spacing] == pytest.approx([0.78125 * factor] * 2)
 
-    # The hot frame lies on slice 30's plane and references slice 30; values map back.
-    pixels = read.pixel_array
+    # Only the plane that is not all zero is written: on slice 30's plane, referencing slice
+    # 30; values map back.
+    assert int(read.NumberOfFrames) == 1
+    pixels = read.pixel_array[np.newaxis]
     [hot] = [i for i in range(pixels.shape[0]) if pixels[i].any()]
     frame = read.PerFrameFunctionalGroupsSequence[hot]
     z = float(frame.PlanePositionSequence[0].ImagePositionPatient[2])
