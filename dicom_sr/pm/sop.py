@@ -1,13 +1,19 @@
 """Builder of Parametric Maps holding explanation heat maps on the source series' geometry.
 
 The map is a DICOM Parametric Map (``1.2.840.10008.5.1.4.1.1.30``) in the source's Frame of
-Reference, one frame per source image on which the map is not all zero (at least one), on that
-image's plane (position and orientation) and referencing it; its in-plane grid is the source's
-or a whole fraction of it. Values are stored as unsigned 16-bit integers ``0 .. 1000`` with a
-Real World Value Mapping of slope 0.001 to the heat map's ``[0, 1]`` (UCUM ``1``), whose LUT
-label, explanation and quantity definition say what the map is and how it was made. The
-transfer syntax is Explicit VR Little Endian, which every PACS accepts (dcmtk's storescp, for
-one, refuses RLE unless told otherwise).
+Reference, one frame per source image, on that image's plane and pixel grid (a map given on a
+coarser grid is repeated onto it, each coarse pixel covering the source pixels it stands for)
+and referencing it. Values are 32-bit floats in ``[0, 1]`` (Float Pixel Data) with an identity
+Real World Value Mapping (UCUM ``1``), whose LUT label, explanation and quantity definition say
+what the map is and how it was made. The transfer syntax is Explicit VR Little Endian, which
+every PACS accepts.
+
+Why every frame, in floats, on the source grid: OHIF 3.13 (its ``cornerstone-dicom-pmap``
+extension) loads only 32-bit maps whose rows and columns equal the source images' ("Only works
+with 32 bit data", "different geometry dimensions") and places frame ``i`` by the source
+image's index in a buffer as long as the map, so a map with fewer frames than the series fails
+there. The price is size: 4 bytes per source pixel (57 MB for 55 slices of 512x512), paid only
+by rules that ask for explanations.
 """
 
 from __future__ import annotations
@@ -30,10 +36,8 @@ from dicom_sr._common import (
 )
 from dicom_sr.pm.content import HeatMapSpec
 
-__all__ = ["STORED_MAX", "build_parametric_map"]
+__all__ = ["build_parametric_map"]
 
-#: The stored value of 1.0 (the mapping's slope is ``1 / STORED_MAX``).
-STORED_MAX = 1000
 _NO_UNITS = Code("1", "UCUM", "no units")
 _LO_MAX_CHARS = 64
 
@@ -57,13 +61,11 @@ def build_parametric_map(
     ----------
     source_images
         Single-frame images of one series, sorted along the slice normal (metadata only);
-        ``heat_map.array[k]`` lies on ``source_images[k]``'s plane. Planes of the map that are
-        all zero are left out.
+        ``heat_map.array[k]`` lies on ``source_images[k]``'s plane.
     heat_map
         The map and what it is.
     algorithm
-        The model that was explained: named in ContentDescription (``name@version: ...``) and
-        ContentCreatorName.
+        The model that was explained: named in ContentDescription (``name@version: ...``).
     series_instance_uid, sop_instance_uid, series_number, instance_number
         The map's identity (derive the UIDs from the job).
     series_description
@@ -98,18 +100,16 @@ def build_parametric_map(
             raise ValueError(f"{name} {uid!r} is not a valid DICOM UID")
     if not series_description.strip() or len(series_description) > _LO_MAX_CHARS:
         raise ValueError(f"series_description must be 1 to 64 characters: {series_description!r}")
-    stored = np.rint(np.clip(heat_map.array, 0.0, 1.0) * STORED_MAX).astype(np.uint16)
-    kept = [k for k in range(slices) if stored[k].any()] or [0]
-    every = with_frame_of_reference(source_images, frame_of_reference_uid)
-    sources = [every[k] for k in kept]
-    stored = stored[kept]
     factor = (source_rows // rows, source_cols // cols)
+    values = np.clip(np.asarray(heat_map.array, dtype=np.float32), 0.0, 1.0)
+    sources = with_frame_of_reference(source_images, frame_of_reference_uid)
+    planes = np.repeat(np.repeat(values, factor[0], axis=1), factor[1], axis=2)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=heat_map.content_label,
         lut_explanation=heat_map.description,
         unit=_NO_UNITS,
-        value_range=(0, STORED_MAX),
-        slope=1.0 / STORED_MAX,
+        value_range=(0.0, 1.0),
+        slope=1.0,
         intercept=0.0,
         quantity_definition=heat_map.method,
     )
@@ -119,7 +119,7 @@ def build_parametric_map(
         warnings.simplefilter("ignore", UserWarning)
         parametric_map = hd.pm.ParametricMap(
             source_images=list(sources),
-            pixel_array=stored,
+            pixel_array=np.ascontiguousarray(planes, dtype=np.float32),
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
@@ -130,25 +130,12 @@ def build_parametric_map(
             device_serial_number=PACKAGE_NAME,
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
-            voi_lut_transformations=[
-                hd.VOILUTTransformation(window_center=STORED_MAX / 2, window_width=STORED_MAX)
-            ],
+            voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
             transfer_syntax_uid=ExplicitVRLittleEndian,
             content_description=f"{algorithm.name}@{algorithm.version}: {heat_map.description}"[
                 :_LO_MAX_CHARS
             ],
             content_label=heat_map.content_label,
-            pixel_measures=hd.PixelMeasuresSequence(
-                pixel_spacing=[
-                    float(v) * f for v, f in zip(first.PixelSpacing, factor, strict=True)
-                ],
-                slice_thickness=float(first.get("SliceThickness", 0) or 0) or None,
-            ),
-            plane_orientation=hd.PlaneOrientationSequence(
-                coordinate_system="PATIENT",
-                image_orientation=[float(v) for v in first.ImageOrientationPatient],
-            ),
-            plane_positions=[_plane_position(image, factor) for image in sources],
             series_description=series_description,
             content_date=now.date(),
             content_time=now.time().replace(tzinfo=None),
@@ -158,19 +145,3 @@ def build_parametric_map(
     # paired; the source states none, so it is present and empty ("not applicable").
     parametric_map.Laterality = first.get("Laterality", "") or ""
     return parametric_map
-
-
-def _plane_position(image: Dataset, factor: tuple[int, int]) -> hd.PlanePositionSequence:
-    """The position of a coarse plane's first pixel centre on ``image``'s plane."""
-    position = np.array([float(v) for v in image.ImagePositionPatient])
-    orientation = np.array([float(v) for v in image.ImageOrientationPatient])
-    row_mm, col_mm = (float(v) for v in image.PixelSpacing)
-    # Coarse pixel (0, 0) covers source pixels 0 .. f - 1: its centre is (f - 1) / 2 along.
-    shifted = (
-        position
-        + orientation[:3] * col_mm * (factor[1] - 1) / 2
-        + orientation[3:] * row_mm * (factor[0] - 1) / 2
-    )
-    return hd.PlanePositionSequence(
-        coordinate_system="PATIENT", image_position=[float(v) for v in shifted]
-    )

@@ -15,8 +15,9 @@ Steps of :meth:`BodyRegion.run`:
    64)``, output ``"logits"`` ``(batch, 3)``), softmax;
 4. the class with the highest mean probability over the slices.
 
-Explanations (:meth:`BodyRegion.explain`): occlusion sensitivity of the chosen class on every
-slice (:func:`node.pipelines.explain.occlusion_heat_map`), one map for the series.
+Explanations (:meth:`BodyRegion.explain`): occlusion sensitivity of the chosen class on up to
+:data:`EXPLAINED_SLICES` slices spread evenly through the series
+(:func:`node.pipelines.explain.occlusion_heat_map`), one map for the series.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from node.pipelines.lung_seg import resize_slices
 __all__ = [
     "BATCH_SIZE",
     "CLASSES",
+    "EXPLAINED_SLICES",
     "HU_WINDOW",
     "INPUT_NAME",
     "INPUT_SIZE",
@@ -62,6 +64,9 @@ BATCH_SIZE = 64
 #: Side (network pixels) of the occluding mask of the explanation: 16 of 64, a quarter of the
 #: field of view.
 OCCLUSION_MASK_PX = 16
+#: Slices explained, spread evenly from the first to the last (a map of every slice of a long
+#: series would cost as many occlusion runs, and a Parametric Map of 1 MB per slice).
+EXPLAINED_SLICES = 8
 GRADIENT_FREE_SALIENCY = CodedConcept("130404", "DCM", "Saliency")
 
 
@@ -167,7 +172,8 @@ class BodyRegion:
     def explain(
         self, volume: Volume, backend: Backend, model: str, version: str, findings: Findings
     ) -> tuple[HeatMap, ...]:
-        """Occlusion sensitivity of the chosen class on every slice, in the stored orientation.
+        """Occlusion sensitivity of the chosen class on :data:`EXPLAINED_SLICES` slices (the
+        others 0), in the stored orientation.
 
         The map is at the network's 64x64 when the slices' rows and columns are multiples of
         64, else resized to the slices' own size.
@@ -182,14 +188,14 @@ class BodyRegion:
         def score(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
             return softmax(self._logits(batch, backend, model, version))
 
-        heat = np.stack(
-            [
-                occlusion_heat_map(score, image, target=target, mask_size=OCCLUSION_MASK_PX)
-                if score(image[np.newaxis])[0, target] > 0
-                else np.zeros(INPUT_SIZE, dtype=np.float32)
-                for image in inputs
-            ]
-        )
+        count = inputs.shape[0]
+        chosen = np.unique(np.linspace(0, count - 1, min(count, EXPLAINED_SLICES)).round())
+        heat = np.zeros((count, *INPUT_SIZE), dtype=np.float32)
+        for k in chosen.astype(int):
+            if score(inputs[k : k + 1])[0, target] > 0:
+                heat[k] = occlusion_heat_map(
+                    score, inputs[k], target=target, mask_size=OCCLUSION_MASK_PX
+                )
         if flip_rows:
             heat = heat[:, ::-1, :]
         if flip_cols:

@@ -163,7 +163,7 @@ Says which body region an axial CT series shows: head (SCT 69536005), chest (SCT
 abdomen (SCT 818981001). Each slice is classified; the series gets the class with the highest
 mean slice probability. The node reports it as a finding of a TID 1500 Measurement Report with
 its probability, and, when the rule asks (`explain: true`), a Parametric Map of the occlusion
-sensitivity of that class on every slice.
+sensitivity of that class on up to 8 slices spread through the series.
 
 ## Inputs and outputs
 

@@ -11,7 +11,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from dicom_sr import AlgorithmIdentification, dciodvfy_errors, derive_uid
-from dicom_sr.pm import STORED_MAX, HeatMapSpec, build_parametric_map
+from dicom_sr.pm import HeatMapSpec, build_parametric_map
 
 ALGORITHM = AlgorithmIdentification(name="nodule_det", version="3")
 
@@ -59,17 +59,20 @@ def test_valid_and_on_the_source_planes(lidc: list[Dataset], tmp_path: Path, siz
     [mapping] = read.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence
     assert mapping.LUTLabel == "OCCLUSION"
     assert mapping.LUTExplanation == "Occlusion sensitivity of nodule-1"
-    assert float(mapping.RealWorldValueSlope) == pytest.approx(1 / STORED_MAX)
+    assert float(mapping.RealWorldValueSlope) == 1.0
+    assert int(read.BitsAllocated) == 32  # float pixels, as OHIF's map viewer needs
     assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "1"
     [quantity] = mapping.QuantityDefinitionSequence
     assert quantity.ConceptCodeSequence[0].CodeValue == codes.DCM.Saliency.value
+    # On the source grid whatever the map's (OHIF's map viewer needs the source's size).
+    assert (int(read.Rows), int(read.Columns)) == (512, 512)
     spacing = read.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-    assert [float(v) for v in spacing] == pytest.approx([0.78125 * factor] * 2)
+    assert [float(v) for v in spacing] == pytest.approx([0.78125] * 2)
 
-    # Only the plane that is not all zero is written: on slice 30's plane, referencing slice
-    # 30; values map back.
-    assert int(read.NumberOfFrames) == 1
-    pixels = read.pixel_array[np.newaxis]
+    # One frame per source image (OHIF needs them all); the hot one lies on slice 30's plane,
+    # references slice 30, and its values map back.
+    assert int(read.NumberOfFrames) == len(lidc)
+    pixels = read.pixel_array
     [hot] = [i for i in range(pixels.shape[0]) if pixels[i].any()]
     frame = read.PerFrameFunctionalGroupsSequence[hot]
     z = float(frame.PlanePositionSequence[0].ImagePositionPatient[2])
@@ -78,9 +81,11 @@ def test_valid_and_on_the_source_planes(lidc: list[Dataset], tmp_path: Path, siz
     assert source.ReferencedSOPInstanceUID == lidc[30].SOPInstanceUID
     values = pixels[hot] * float(mapping.RealWorldValueSlope)
     assert values.max() == pytest.approx(0.75)
-    # The first coarse pixel's centre is the centre of the source pixels it covers.
+    # Each coarse pixel covers the source pixels it stands for.
+    assert np.array_equal(np.argwhere(values > 0).min(axis=0), [200, 160])
+    assert np.array_equal(np.argwhere(values > 0).max(axis=0), [239, 199])
     x = float(frame.PlanePositionSequence[0].ImagePositionPatient[0])
-    assert x == pytest.approx(float(lidc[30].ImagePositionPatient[0]) + 0.78125 * (factor - 1) / 2)
+    assert x == pytest.approx(float(lidc[30].ImagePositionPatient[0]))
 
 
 def test_refuses_maps_that_do_not_fit(lidc: list[Dataset]) -> None:

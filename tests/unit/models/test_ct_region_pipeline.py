@@ -65,7 +65,9 @@ def test_a_series_stored_upside_down_is_turned(shared_data: Path) -> None:
     assert np.array_equal(turned[0], volume.array[0, ::-1, :])
 
 
-def test_explanation_covers_every_slice(lidc: Volume, embedded: EmbeddedBackend) -> None:
+def test_explanation_of_a_short_series_covers_its_slices(
+    lidc: Volume, embedded: EmbeddedBackend
+) -> None:
     pipeline = BodyRegion()
     assert isinstance(pipeline, Explainer)
     few = dataclasses.replace(
