@@ -211,6 +211,9 @@ def raw_sender(
 ) -> Iterator[RawSender]:
     """An association that sends files' dataset bytes as they are (pynetdicom's chunked mode)."""
     ae = AE(ae_title="FUZZER")
+    # Every C-STORE must be answered, not answered fast: on a shared machine an fsync can stall
+    # for longer than pynetdicom's default 30 s while other processes flush gigabytes.
+    ae.dimse_timeout = 120
     for sop_class, transfer_syntax in contexts:
         ae.add_requested_context(sop_class, transfer_syntax)
     previous = _config.STORE_SEND_CHUNKED_DATASET
