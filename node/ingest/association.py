@@ -85,7 +85,10 @@ class _Reader:
         if self._end - self._start < count:
             if self._start + count > len(self._buffer):
                 pending = self._end - self._start
-                self._buffer[:pending] = self._view[self._start : self._end]
+                # Copied out first: the two ranges may overlap, and a bytearray slice assigned
+                # from a view of itself is copied with memcpy, whose result on overlap is
+                # undefined.
+                self._buffer[:pending] = bytes(self._view[self._start : self._end])
                 self._start, self._end = 0, pending
             while self._end - self._start < count:
                 got = self._sock.recv_into(self._view[self._end :])
