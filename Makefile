@@ -30,7 +30,7 @@ help:
 	@echo "make bench      issue-6 benchmarks (receive/STOW-RS throughput, time to result, peak RSS, App SDK, Triton): one table of ratios"
 	@echo "make triton     a local Triton (tritonserver 2.51) serving model_repository/ on 127.0.0.1:8000/8001"
 	@echo "make check      ruff and mypy"
-	@echo "make train      retrain the shipped lung model from ../shared/data"
+	@echo "make train      retrain the shipped models (lung, nodule, CT region) from ../shared/data"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,8 @@ check: lint typecheck
 
 train: install
 	$(BIN)/python -m training.lung_seg.train --data ../shared/data --out model_repository
+	$(BIN)/python -m training.nodule_det.train --data ../shared/data --out model_repository
+	$(BIN)/python -m training.ct_region.train --data ../shared/data --out model_repository
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
