@@ -261,7 +261,10 @@ def _to_segment_numbers(
     if high > largest_label:
         present = {int(v) for v in np.unique(label_map)}
         _raise_undescribed(present - described - {0})
-    counts = np.bincount(label_map.ravel(), minlength=largest_label + 1)
+    # Counted a frame at a time: bincount makes an intp copy of its input, eight bytes a voxel.
+    counts = np.zeros(largest_label + 1, dtype=np.int64)
+    for frame in label_map:
+        counts += np.bincount(frame.ravel(), minlength=largest_label + 1)
     present = {int(v) for v in np.flatnonzero(counts)}
     _raise_undescribed(present - described - {0})
 

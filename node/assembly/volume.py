@@ -4,15 +4,23 @@ A Volume is built once from the spooled instances of a series and is the only th
 Slices are sorted by their position along the slice normal (never by file name or InstanceNumber).
 Geometric irregularities are detected and recorded as :class:`Anomaly` values; nothing is
 resampled here. Each pipeline decides which anomalies it accepts.
+
+Only headers are held: pixels are decoded when asked for, a slab of slices at a time
+(:meth:`Volume.slabs`, :meth:`Volume.read`), so a pipeline that works slab by slab needs memory for
+a slab, not for the series (a 2,000-slice CT is 2 GB as float32). :attr:`Volume.array` reads the
+whole stack once, for pipelines that need it all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +33,9 @@ __all__ = ["Anomaly", "AnomalyKind", "Volume", "load_volume", "volume_from_datas
 
 #: Two positions closer than this (mm) along the normal are duplicates.
 DUPLICATE_TOLERANCE_MM = 0.01
+#: Values longer than this (bytes) are left in the file when headers are read: the pixel data.
+_DEFER_BYTES = 64 * 1024
+_PIXEL_DATA = 0x7FE00010
 #: Relative deviation from the median spacing above which spacing is called irregular.
 IRREGULAR_TOLERANCE = 0.01
 #: A gap this many times the median spacing (or more) counts as missing slices.
@@ -57,15 +68,12 @@ class Anomaly:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Volume:
-    """A series as a 3D array in modality units, plus its geometry and sources.
+    """A series' slices in sorted order, their geometry and sources; pixels read on demand.
 
     Attributes
     ----------
-    array
-        ``(slices, rows, columns)`` float32 in modality units (Hounsfield units for CT: the
-        rescale slope and intercept are applied).
     origin
         LPS position (mm) of the first voxel: row 0, column 0 of the first slice in sorted order.
     spacing
@@ -80,15 +88,67 @@ class Volume:
         Each slice's position along the normal (mm), in sorted order.
     anomalies
         What was found irregular; empty for a clean series.
+    sources
+        Where slice ``k``'s pixels come from: its file (read again when asked for) or a dataset
+        that holds them; or the whole stack as an array (:meth:`with_array`).
     """
 
-    array: npt.NDArray[np.float32]
     origin: tuple[float, float, float]
     spacing: tuple[float, float, float]
     direction: npt.NDArray[np.float64]
     datasets: tuple[Dataset, ...]
     positions: tuple[float, ...]
     anomalies: tuple[Anomaly, ...]
+    sources: tuple[Path | Dataset, ...] | npt.NDArray[np.float32] = field(repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(slices, rows, columns)``."""
+        if isinstance(self.sources, np.ndarray):
+            slices, rows, cols = self.sources.shape
+            return (slices, rows, cols)
+        first = self.datasets[0]
+        return (len(self.datasets), int(first.Rows), int(first.Columns))
+
+    def read(self, start: int, stop: int) -> npt.NDArray[np.float32]:
+        """Slices ``start`` to ``stop`` (exclusive) in modality units (Hounsfield units for CT:
+        the rescale slope and intercept are applied), ``(stop - start, rows, columns)`` float32.
+
+        Raises
+        ------
+        AssemblyError
+            If a slice's file is no longer readable or its pixel data cannot be decoded.
+        """
+        if isinstance(self.sources, np.ndarray):
+            return np.array(self.sources[start:stop], dtype=np.float32)
+        _, rows, cols = self.shape
+        out = np.empty((len(self.sources[start:stop]), rows, cols), dtype=np.float32)
+        for offset, source in enumerate(self.sources[start:stop]):
+            out[offset] = _modality_pixels(_with_pixels(source), (rows, cols))
+        return out
+
+    def slabs(self, size: int) -> Iterator[tuple[int, npt.NDArray[np.float32]]]:
+        """``(start, slab)`` for consecutive slabs of at most ``size`` slices (see :meth:`read`)."""
+        slices = self.shape[0]
+        for start in range(0, slices, size):
+            yield start, self.read(start, min(start + size, slices))
+
+    @cached_property
+    def array(self) -> npt.NDArray[np.float32]:
+        """The whole stack, ``(slices, rows, columns)`` float32 (see :meth:`read`), read once and
+        kept: for pipelines that need the series at once. Slab-wise work should use
+        :meth:`slabs`."""
+        if isinstance(self.sources, np.ndarray):
+            return self.sources
+        return self.read(0, len(self.sources))
+
+    def with_array(self, array: npt.ArrayLike, **changes: Any) -> Volume:
+        """A copy of this volume whose pixels are ``array`` (held in memory), with the other
+        fields in ``changes`` replaced: a crop, a slab, a series with something drawn in."""
+        pixels = np.asarray(array, dtype=np.float32)
+        if pixels.ndim != 3:
+            raise ValueError(f"a volume's array is 3D, got shape {pixels.shape}")
+        return dataclasses.replace(self, sources=pixels, **changes)
 
     @property
     def modality(self) -> str:
@@ -115,7 +175,8 @@ class Volume:
 
 
 def load_volume(paths: Iterable[Path]) -> Volume:
-    """Read the files of one series and build its :class:`Volume`.
+    """Read the headers of one series' files and build its :class:`Volume` (pixels stay in the
+    files until a pipeline reads them).
 
     Raises
     ------
@@ -124,21 +185,33 @@ def load_volume(paths: Iterable[Path]) -> Volume:
         belong to more than one series, or if slice dimensions differ.
     """
     datasets: list[Dataset] = []
+    sources: list[Path | Dataset] = []
     for path in paths:
         try:
-            datasets.append(pydicom.dcmread(path))
+            # Values over 64 KiB (the pixel data) stay in the file until asked for.
+            datasets.append(pydicom.dcmread(path, defer_size=_DEFER_BYTES))
         except Exception as exc:
             raise AssemblyError(
                 f"{path.name}: not readable as DICOM ({type(exc).__name__})"
             ) from exc
-    return volume_from_datasets(datasets)
+        sources.append(path)
+    volume = _assemble(datasets, sources)
+    volume.read(0, 1)  # an undecodable series fails here, before any model runs
+    return volume
 
 
 def volume_from_datasets(datasets: Sequence[Dataset]) -> Volume:
     """Build a :class:`Volume` from read datasets with pixel data (see :func:`load_volume`)."""
+    volume = _assemble(datasets, list(datasets))
+    volume.read(0, 1)
+    return volume
+
+
+def _assemble(datasets: Sequence[Dataset], sources: Sequence[Path | Dataset]) -> Volume:
     if not datasets:
         raise AssemblyError("no instances to assemble")
     _require_one_series(datasets)
+    by_id = {id(ds): source for ds, source in zip(datasets, sources, strict=True)}
     anomalies: list[Anomaly] = []
 
     orientations = [_orientation(ds) for ds in datasets]
@@ -188,17 +261,17 @@ def volume_from_datasets(datasets: Sequence[Dataset]) -> Volume:
             )
         )
 
-    array = _stack_pixels(datasets)
+    _require_one_size(datasets)
     pixel_spacing = [float(v) for v in datasets[0].PixelSpacing]
     headers = tuple(_without_pixels(ds) for ds in datasets)
     return Volume(
-        array=array,
         origin=(float(ipps[0][0]), float(ipps[0][1]), float(ipps[0][2])),
         spacing=(slice_spacing, pixel_spacing[0], pixel_spacing[1]),
         direction=np.stack([row_dir, col_dir, normal], axis=1),
         datasets=headers,
         positions=tuple(float(a) for a in along),
         anomalies=tuple(anomalies),
+        sources=tuple(by_id[id(ds)] for ds in datasets),
     )
 
 
@@ -280,31 +353,44 @@ def _check_tilt(
         )
 
 
-def _stack_pixels(datasets: Sequence[Dataset]) -> npt.NDArray[np.float32]:
+def _require_one_size(datasets: Sequence[Dataset]) -> None:
     shape = (int(datasets[0].Rows), int(datasets[0].Columns))
-    array = np.empty((len(datasets), *shape), dtype=np.float32)
-    for k, ds in enumerate(datasets):
+    for ds in datasets:
         if (int(ds.Rows), int(ds.Columns)) != shape:
             raise AssemblyError(
                 f"slice size {int(ds.Rows)}x{int(ds.Columns)} differs from {shape[0]}x{shape[1]}"
             )
-        try:
-            pixels = ds.pixel_array
-        except Exception as exc:
-            ts = getattr(ds, "file_meta", FileMetaDataset()).get("TransferSyntaxUID", "unknown")
-            raise AssemblyError(
-                f"pixel data not decodable (TransferSyntaxUID {ts}: {type(exc).__name__})"
-            ) from exc
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        array[k] = pixels.astype(np.float32) * slope + intercept
-    return array
+
+
+def _with_pixels(source: Path | Dataset) -> Dataset:
+    if isinstance(source, Dataset):
+        return source
+    try:
+        return pydicom.dcmread(source)
+    except Exception as exc:
+        raise AssemblyError(f"{source.name}: not readable as DICOM ({type(exc).__name__})") from exc
+
+
+def _modality_pixels(ds: Dataset, shape: tuple[int, int]) -> npt.NDArray[np.float32]:
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        ts = getattr(ds, "file_meta", FileMetaDataset()).get("TransferSyntaxUID", "unknown")
+        raise AssemblyError(
+            f"pixel data not decodable (TransferSyntaxUID {ts}: {type(exc).__name__})"
+        ) from exc
+    if pixels.shape != shape:
+        raise AssemblyError(f"pixel data of shape {pixels.shape}, expected {shape}")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
 def _without_pixels(ds: Dataset) -> Dataset:
     header = Dataset()
-    for element in ds:
-        if element.tag != 0x7FE00010:
-            header.add(element)
+    # By tag: iterating a Dataset yields its elements, reading deferred pixel data.
+    for tag in ds.keys():  # noqa: SIM118
+        if tag != _PIXEL_DATA:
+            header.add(ds[tag])
     header.file_meta = getattr(ds, "file_meta", FileMetaDataset())
     return header

@@ -18,7 +18,6 @@ objects and the PACS keeps one copy of each; two jobs never share one.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 from pydicom import Dataset
@@ -94,10 +93,9 @@ class _Writer:
         return number
 
     def save(self, name: str, dataset: Dataset) -> None:
-        buffer = io.BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
         relative = self.spool.result_path(self.job_uid, name)
-        self.spool.write(relative, buffer.getvalue())
+        with self.spool.writing(relative) as handle:
+            dataset.save_as(handle, enforce_file_format=True)
         self.written.append(ResultFile(str(relative), str(dataset.SOPInstanceUID)))
 
 
@@ -262,8 +260,7 @@ def write_refusal(
         sop_instance_uid=sop_uid,
         series_number=series_number,
     )
-    buffer = io.BytesIO()
-    report.save_as(buffer, enforce_file_format=True)
     relative = spool.result_path(job_uid, output)
-    spool.write(relative, buffer.getvalue())
+    with spool.writing(relative) as handle:
+        report.save_as(handle, enforce_file_format=True)
     return ResultFile(str(relative), sop_uid)

@@ -26,6 +26,8 @@ __all__ = ["check_intended_use", "intensity_sample"]
 _AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
 #: At most this many voxels are looked at for the intensity checks (a regular subsample).
 _MAX_SAMPLE = 2_000_000
+#: Slices read at a time for the sample.
+_SAMPLE_SLAB = 32
 
 
 def check_intended_use(volume: Volume, card: ModelCard) -> None:
@@ -93,7 +95,7 @@ def _body_part(volume: Volume, contract: InputContract) -> str | None:
 
 
 def _slices(volume: Volume, contract: InputContract) -> str | None:
-    count = volume.array.shape[0]
+    count = volume.shape[0]
     if contract.slices.contains(count):
         return None
     return f"{count} slice(s), the card wants {contract.slices.describe()}"
@@ -118,7 +120,7 @@ def _orientation(volume: Volume, contract: InputContract) -> str | None:
 def _matrix(volume: Volume, contract: InputContract) -> str | None:
     if contract.matrix is None:
         return None
-    rows, cols = volume.array.shape[1:]
+    rows, cols = volume.shape[1:]
     if contract.matrix.contains(rows) and contract.matrix.contains(cols):
         return None
     return f"slices of {rows}x{cols} pixels, the card wants {contract.matrix.describe()} a side"
@@ -139,7 +141,7 @@ def _pixel_spacing(volume: Volume, contract: InputContract) -> str | None:
 def _field_of_view(volume: Volume, contract: InputContract) -> str | None:
     if contract.field_of_view_mm is None:
         return None
-    fov = volume.array.shape[2] * volume.spacing[2]
+    fov = volume.shape[2] * volume.spacing[2]
     if contract.field_of_view_mm.contains(fov):
         return None
     return f"field of view {fov:.0f} mm, the card wants {contract.field_of_view_mm.describe('mm')}"
@@ -152,7 +154,7 @@ def _slice_thickness(volume: Volume, contract: InputContract) -> str | None:
     values = sorted(
         {float(ds.SliceThickness) for ds in volume.datasets if ds.get("SliceThickness")}
     )
-    if not values and volume.array.shape[0] > 1:
+    if not values and volume.shape[0] > 1:
         values = [volume.spacing[0]]  # no SliceThickness: the distance between slices stands in
     outside = [v for v in values if not wanted.contains(v)]
     if not outside:
@@ -163,21 +165,24 @@ def _slice_thickness(volume: Volume, contract: InputContract) -> str | None:
 
 def _slice_spacing(volume: Volume, contract: InputContract) -> str | None:
     wanted = contract.slice_spacing_mm
-    if wanted is None or volume.array.shape[0] < 2:
+    if wanted is None or volume.shape[0] < 2:
         return None
     if wanted.contains(volume.spacing[0]):
         return None
     return f"slice spacing {volume.spacing[0]:g} mm, the card wants {wanted.describe('mm')}"
 
 
-def intensity_sample(array: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """A regular subsample of at most about two million voxels (every n-th row and column)."""
-    step = max(1, math.ceil(math.sqrt(array.size / _MAX_SAMPLE)))
-    return np.asarray(array[:, ::step, ::step], dtype=np.float32)
+def intensity_sample(volume: Volume) -> npt.NDArray[np.float32]:
+    """A regular subsample of at most about two million voxels (every n-th row and column of
+    every slice), read a slab at a time."""
+    slices, rows, cols = volume.shape
+    step = max(1, math.ceil(math.sqrt(slices * rows * cols / _MAX_SAMPLE)))
+    parts = [slab[:, ::step, ::step].copy() for _, slab in volume.slabs(_SAMPLE_SLAB)]
+    return np.concatenate(parts) if parts else np.empty((0, 0, 0), dtype=np.float32)
 
 
 def _intensity(volume: Volume, intensity: Intensity) -> str | None:
-    sample = intensity_sample(volume.array)
+    sample = intensity_sample(volume)
     if sample.size == 0:
         return "no voxels"
     low, high = (float(v) for v in np.percentile(sample, [1, 99]))

@@ -37,9 +37,12 @@ __all__ = [
     "OUTPUT_NAME",
     "LungSegmentation",
     "fill_small_holes",
+    "fill_small_holes_in_place",
     "keep_largest_components",
+    "keep_largest_components_in_place",
     "logits_to_mask",
     "postprocess",
+    "postprocess_in_place",
     "preprocess",
     "resize_slices",
 ]
@@ -164,7 +167,9 @@ def keep_largest_components(
 ) -> npt.NDArray[np.bool_]:
     """Keep the largest 3D component, and the second if it is big enough to be the other lung.
 
-    Components are 6-connected (face neighbours) on the voxel grid.
+    Components are 6-connected (face neighbours) on the voxel grid. Equally large components
+    rank in the order of their first voxel (slice, then row, then column), as
+    ``scipy.ndimage.label`` numbers them.
 
     Parameters
     ----------
@@ -179,16 +184,71 @@ def keep_largest_components(
     numpy.ndarray
         A bool mask of the same shape; all False when ``mask`` is.
     """
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    kept = np.array(mask, dtype=bool, copy=True)
+    keep_largest_components_in_place(kept, second_fraction)
+    return kept
+
+
+def keep_largest_components_in_place(
+    mask: npt.NDArray[np.bool_], second_fraction: float = SECOND_LUNG_FRACTION
+) -> None:
+    """:func:`keep_largest_components` on ``mask`` itself, with memory for two slices.
+
+    Each slice is labelled in 2D (4-connected); labels of neighbouring slices that share a
+    voxel are joined (union-find, the smaller label as root, so a component is named by its
+    first voxel). A second pass labels every slice again and clears what is not kept. A
+    3D label array would take 4 bytes per voxel: 2 GB for a 2,000-slice CT.
+    """
+    parent: list[int] = [0]  # global label -> parent; 0 is the background
+    voxels: list[int] = [0]
+    firsts: list[int] = []  # each slice's first global label minus one
+    previous: npt.NDArray[np.int32] | None = None
+    previous_first = 0
+
+    def find(label: int) -> int:
+        root = label
+        while parent[root] != root:
+            root = parent[root]
+        while parent[label] != root:
+            parent[label], label = root, parent[label]
+        return root
+
+    for k in range(mask.shape[0]):
+        labels, count = ndimage.label(mask[k])
+        first = len(parent) - 1
+        firsts.append(first)
+        parent.extend(range(first + 1, first + count + 1))
+        voxels.extend(int(v) for v in np.bincount(labels.ravel(), minlength=count + 1)[1:])
+        if previous is not None and count:
+            touching = (labels > 0) & (previous > 0)
+            if touching.any():
+                pairs = np.unique(
+                    np.stack([previous[touching] + previous_first, labels[touching] + first]),
+                    axis=1,
+                )
+                for a, b in pairs.T:
+                    root_a, root_b = find(int(a)), find(int(b))
+                    if root_a != root_b:
+                        parent[max(root_a, root_b)] = min(root_a, root_b)
+        previous, previous_first = labels, first
+
+    if len(parent) == 1:
+        return
+    roots = np.array([find(label) for label in range(len(parent))], dtype=np.int64)
+    sizes = np.bincount(roots, weights=np.array(voxels, dtype=np.float64))
     sizes[0] = 0
-    order = np.argsort(-sizes, kind="stable")
+    candidates = np.flatnonzero(sizes)
+    order = candidates[np.lexsort((candidates, -sizes[candidates]))]
     keep = [int(order[0])]
-    if count > 1 and sizes[order[1]] >= second_fraction * sizes[order[0]]:
+    if len(order) > 1 and sizes[order[1]] >= second_fraction * sizes[order[0]]:
         keep.append(int(order[1]))
-    return np.isin(labels, keep)
+    kept_label = np.isin(roots, keep)
+    kept_label[0] = False
+    for k, first in enumerate(firsts):
+        if mask[k].any():
+            labels, count = ndimage.label(mask[k])
+            lookup = np.concatenate([[False], kept_label[first + 1 : first + count + 1]])
+            mask[k] = lookup[labels]
 
 
 def fill_small_holes(mask: npt.NDArray[np.bool_], max_area_px: float) -> npt.NDArray[np.bool_]:
@@ -206,7 +266,13 @@ def fill_small_holes(mask: npt.NDArray[np.bool_], max_area_px: float) -> npt.NDA
     numpy.ndarray
         A bool mask of the same shape.
     """
-    filled = mask.copy()
+    filled = np.array(mask, dtype=bool, copy=True)
+    fill_small_holes_in_place(filled, max_area_px)
+    return filled
+
+
+def fill_small_holes_in_place(mask: npt.NDArray[np.bool_], max_area_px: float) -> None:
+    """:func:`fill_small_holes` on ``mask`` itself."""
     for k in range(mask.shape[0]):
         if not mask[k].any():
             continue
@@ -217,8 +283,7 @@ def fill_small_holes(mask: npt.NDArray[np.bool_], max_area_px: float) -> npt.NDA
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
         small = np.flatnonzero(sizes <= max_area_px)
         small = small[small > 0]
-        filled[k] |= np.isin(labels, small)
-    return filled
+        mask[k] |= np.isin(labels, small)
 
 
 def postprocess(
@@ -238,8 +303,15 @@ def postprocess(
     numpy.ndarray
         A bool mask of the same shape.
     """
-    kept = keep_largest_components(mask)
-    return fill_small_holes(kept, MAX_HOLE_AREA_MM2 / (pixel_spacing[0] * pixel_spacing[1]))
+    cleaned = np.array(mask, dtype=bool, copy=True)
+    postprocess_in_place(cleaned, pixel_spacing)
+    return cleaned
+
+
+def postprocess_in_place(mask: npt.NDArray[np.bool_], pixel_spacing: tuple[float, float]) -> None:
+    """:func:`postprocess` on ``mask`` itself, with memory for a few slices."""
+    keep_largest_components_in_place(mask)
+    fill_small_holes_in_place(mask, MAX_HOLE_AREA_MM2 / (pixel_spacing[0] * pixel_spacing[1]))
 
 
 class LungSegmentation:
@@ -308,11 +380,12 @@ class LungSegmentation:
         PipelineError
             If the backend's output is missing or not shaped as declared.
         """
-        slices, rows, cols = volume.array.shape
-        inputs = preprocess(volume.array)
-        chunks: list[npt.NDArray[np.bool_]] = []
-        for start in range(0, slices, BATCH_SIZE):
-            batch = inputs[start : start + BATCH_SIZE]
+        slices, rows, cols = volume.shape
+        # The mask is the only thing kept for the whole series (1 byte a voxel, and it is the
+        # SEG's label map as it is); the CT is read, windowed and inferred a batch at a time.
+        mask = np.zeros((slices, rows, cols), dtype=np.bool_)
+        for start, hu in volume.slabs(BATCH_SIZE):
+            batch = preprocess(hu)
             outputs = backend.infer(model, version, {INPUT_NAME: batch})
             logits = outputs.get(OUTPUT_NAME)
             expected = (batch.shape[0], 2, *INPUT_SIZE)
@@ -321,10 +394,10 @@ class LungSegmentation:
                 raise PipelineError(
                     f"backend output {OUTPUT_NAME!r} has shape {got}, expected {expected}"
                 )
-            chunks.append(logits_to_mask(logits, (rows, cols)))
-        mask = postprocess(np.concatenate(chunks), (volume.spacing[1], volume.spacing[2]))
+            mask[start : start + batch.shape[0]] = logits_to_mask(logits, (rows, cols))
+        postprocess_in_place(mask, (volume.spacing[1], volume.spacing[2]))
         return Findings(
             model_name=model,
             model_version=version,
-            label_maps=(LabelMap(array=mask.astype(np.uint8), segments=(LUNG_SEGMENT,)),),
+            label_maps=(LabelMap(array=mask.view(np.uint8), segments=(LUNG_SEGMENT,)),),
         )

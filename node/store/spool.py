@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["Spool"]
 
@@ -31,12 +34,21 @@ class Spool:
 
     def write(self, relative: Path, data: bytes) -> int:
         """Write ``data`` durably to ``relative`` (atomic replace); return the size."""
+        with self.writing(relative) as handle:
+            handle.write(data)
+        return len(data)
+
+    @contextlib.contextmanager
+    def writing(self, relative: Path) -> Iterator[BinaryIO]:
+        """A file to write ``relative``'s bytes into, durably in place (atomic replace) when the
+        block ends without an exception, and gone when it raises: for objects written as they
+        are encoded, never held whole in memory twice."""
         target = self.root / relative
         _make_dirs(target.parent)
         temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
             with temporary.open("wb") as handle:
-                handle.write(data)
+                yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             temporary.replace(target)
@@ -44,7 +56,6 @@ class Spool:
             temporary.unlink(missing_ok=True)
             raise
         _fsync_dir(target.parent)
-        return len(data)
 
     def absolute(self, relative: str | Path) -> Path:
         """The absolute path of a spool-relative path."""

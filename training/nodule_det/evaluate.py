@@ -51,9 +51,8 @@ HIT_MIN_MM = 5.0
 def slab(volume: Volume, start: int, stop: int) -> Volume:
     """Slices ``start`` to ``stop - 1`` of ``volume`` as a volume of their own."""
     first = [float(v) for v in volume.datasets[start].ImagePositionPatient]
-    return dataclasses.replace(
-        volume,
-        array=volume.array[start:stop],
+    return volume.with_array(
+        volume.array[start:stop],
         origin=(first[0], first[1], first[2]),
         datasets=volume.datasets[start:stop],
         positions=volume.positions[start:stop],
@@ -113,7 +112,7 @@ def evaluate(
         lesions = _trial_lesions(series, distance, rng)
         total += len(lesions)
         values, fraction = insert_lesions(series.volume, lesions, slices=range(start, stop))
-        trial = dataclasses.replace(region, array=values)
+        trial = region.with_array(values)
         found = [
             d
             for d in pipeline.run(trial, backend, model, version).detections

@@ -70,9 +70,8 @@ def test_explanation_of_a_short_series_covers_its_slices(
 ) -> None:
     pipeline = BodyRegion()
     assert isinstance(pipeline, Explainer)
-    few = dataclasses.replace(
-        lidc,
-        array=lidc.array[25:28],
+    few = lidc.with_array(
+        lidc.array[25:28],
         datasets=lidc.datasets[25:28],
         positions=lidc.positions[25:28],
     )

@@ -12,12 +12,13 @@ import math
 import numpy as np
 import numpy.typing as npt
 import pytest
+from scipy import ndimage
 
 from node.assembly.volume import Anomaly, AnomalyKind, Volume
 from node.backends.torch import TorchBackend
 from node.errors import NotAccepted
 from node.pipelines.base import Pipeline
-from node.pipelines.lung_seg import LungSegmentation
+from node.pipelines.lung_seg import BATCH_SIZE, LungSegmentation, keep_largest_components
 
 
 def _dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
@@ -56,7 +57,7 @@ def test_lidc_matches_the_reference(
 
 
 def test_any_slice_size(lidc: Volume, backend: TorchBackend) -> None:
-    cropped = dataclasses.replace(lidc, array=np.ascontiguousarray(lidc.array[20:26, 40:470, 30:]))
+    cropped = lidc.with_array(lidc.array[20:26, 40:470, 30:])
     findings = LungSegmentation().run(cropped, backend, "lung_seg", "1")
     mask = findings.label_maps[0].array
     assert mask.shape == (6, 430, 482)
@@ -87,3 +88,66 @@ def test_rejects_mixed_orientations(lidc: Volume) -> None:
 def test_rejects_non_square_pixels(lidc: Volume) -> None:
     with pytest.raises(NotAccepted, match="square"):
         LungSegmentation().check(dataclasses.replace(lidc, spacing=(5.0, 0.78125, 0.9)))
+
+
+def _largest_by_3d_labels(mask: npt.NDArray[np.bool_], fraction: float) -> npt.NDArray[np.bool_]:
+    """The reference: one 3D labelling of the whole mask (4 bytes a voxel)."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    order = np.argsort(-sizes, kind="stable")
+    keep = [int(order[0])]
+    if count > 1 and sizes[order[1]] >= fraction * sizes[order[0]]:
+        keep.append(int(order[1]))
+    return np.isin(labels, keep)
+
+
+@pytest.mark.parametrize("density", [0.3, 0.45, 0.55, 0.7])
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 1.0])
+def test_slice_wise_components_equal_3d_labelling(density: float, fraction: float) -> None:
+    """The slice-by-slice union-find keeps exactly what a 3D labelling keeps, ties included
+    (random masks near the percolation threshold give many components of equal size)."""
+    rng = np.random.default_rng(int(density * 100))
+    for _ in range(5):
+        mask = rng.random((12, 17, 15)) < density
+        expected = _largest_by_3d_labels(mask, fraction)
+        assert np.array_equal(keep_largest_components(mask, fraction), expected)
+
+
+def test_equal_components_rank_by_their_first_voxel() -> None:
+    mask = np.zeros((4, 6, 6), dtype=bool)
+    mask[2, 0, 0] = mask[3, 0, 0] = True  # two voxels, first met later (slice 2)
+    mask[0, 5, 4] = mask[0, 5, 5] = True  # two voxels, first met first (slice 0)
+    kept = keep_largest_components(mask, second_fraction=2.0)  # the largest only
+    assert np.array_equal(kept, _largest_by_3d_labels(mask, 2.0))
+    assert kept[0, 5].sum() == 2
+    assert not kept[2:].any()
+
+
+def test_components_of_an_empty_mask() -> None:
+    assert not keep_largest_components(np.zeros((3, 4, 4), dtype=bool)).any()
+
+
+def test_the_series_is_read_a_slab_at_a_time(
+    lidc: Volume, backend: TorchBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline never asks for the whole stack, only slabs of BATCH_SIZE slices."""
+    fresh = dataclasses.replace(lidc)  # nothing read yet
+    reads: list[int] = []
+    original = Volume.read
+
+    def counting(self: Volume, start: int, stop: int) -> npt.NDArray[np.float32]:
+        reads.append(stop - start)
+        return original(self, start, stop)
+
+    monkeypatch.setattr(Volume, "read", counting)
+    findings = LungSegmentation().run(fresh, backend, "lung_seg", "1")
+    assert max(reads) == BATCH_SIZE
+    assert sum(reads) == fresh.shape[0]
+    assert "array" not in fresh.__dict__  # the whole stack was never built
+    assert np.array_equal(
+        findings.label_maps[0].array,
+        LungSegmentation().run(lidc, backend, "lung_seg", "1").label_maps[0].array,
+    )

@@ -46,7 +46,7 @@ def with_nodule(lidc: Volume, held_out: Volume) -> Volume:
     values, _fraction = insert_lesions(
         lidc, [DRAWN], slices=range(start, start + len(held_out.datasets))
     )
-    return dataclasses.replace(held_out, array=values)
+    return held_out.with_array(values)
 
 
 @pytest.fixture(scope="module")

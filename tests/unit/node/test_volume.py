@@ -97,3 +97,39 @@ def test_inputs_that_make_no_volume_are_refused(
 def test_undecodable_pixel_data_is_an_assembly_error(shared_data: Path) -> None:
     with pytest.raises(AssemblyError, match="pixel data not decodable"):
         load_volume([shared_data / "pydicom-3.0.2/test_files/MR_truncated.dcm"])
+
+
+def test_files_are_read_a_slab_at_a_time(
+    lidc_dir: Path, lidc_datasets: list[pydicom.Dataset], tmp_path: Path
+) -> None:
+    """load_volume holds headers only; slabs decode the files when asked for, in sorted order,
+    and equal the stack built from datasets in memory."""
+    copies = []
+    for path in _files(lidc_dir):
+        copies.append(tmp_path / path.name)
+        copies[-1].write_bytes(path.read_bytes())
+    volume = load_volume(copies)
+    assert volume.shape == (55, 512, 512)
+    assert all("PixelData" not in ds for ds in volume.datasets)
+    assert all(isinstance(source, Path) for source in volume.sources)
+    assert "array" not in volume.__dict__  # nothing decoded but the first slice, as a check
+    slabs = list(volume.slabs(16))
+    assert [start for start, _ in slabs] == [0, 16, 32, 48]
+    stacked = np.concatenate([slab for _, slab in slabs])
+    np.testing.assert_array_equal(stacked, volume_from_datasets(lidc_datasets).array)
+    np.testing.assert_array_equal(volume.read(30, 31)[0], stacked[30])
+    # A file gone after assembly (the spool lost it) is the job's AssemblyError, by name.
+    missing = volume.sources[40]
+    assert isinstance(missing, Path)
+    missing.unlink()
+    with pytest.raises(AssemblyError, match=f"{missing.name}: not readable as DICOM"):
+        volume.read(32, 48)
+
+
+def test_a_volume_can_carry_an_array_of_its_own(lidc_datasets: list[pydicom.Dataset]) -> None:
+    volume = volume_from_datasets(lidc_datasets)
+    crop = volume.with_array(volume.array[10:13, 5:25, 7:30])
+    assert crop.shape == (3, 20, 23)
+    np.testing.assert_array_equal(crop.read(1, 3), volume.array[11:13, 5:25, 7:30])
+    with pytest.raises(ValueError, match="3D"):
+        volume.with_array(volume.array[0])

@@ -9,7 +9,6 @@ irregular slice spacing, and in the real GE head CT (18.5 degree gantry tilt, sl
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def _on_slice(volume: Volume, k: int, row: float, col: float) -> tuple[float, fl
 def _filled(volume: Volume, mask: np.ndarray, value: float) -> Volume:
     array = volume.array.copy()
     array[mask] = value
-    return dataclasses.replace(volume, array=array)
+    return volume.with_array(array)
 
 
 def _close(measured: float, expected: float, tolerance: float = TOLERANCE) -> bool:
