@@ -138,7 +138,7 @@ def run(*, smoke: bool = False, workdir: Path | None = None) -> Section:
             unbatched = concurrent_throughput(server.grpc_url, requests)
         finally:
             server.stop()
-    slices = volume.array.shape[0]
+    slices = volume.shape[0]
     e, t = statistics.median(embedded), statistics.median(served)
     section.details += [
         f"LungSegmentation.run on {slices} slices, median of {runs} after a warm-up, the two "
