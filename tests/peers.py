@@ -27,6 +27,7 @@ import yaml
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
+from node.export.requestor import answers_only_to_caller
 from node.ingest.dimse import DimseListener
 from node.store.database import Database
 from node.store.spool import Spool
@@ -132,6 +133,7 @@ def c_store(port: int, ds: Dataset, *, called: str = "AINODE") -> int:
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
         raise RuntimeError(f"no association with 127.0.0.1:{port}")
+    answers_only_to_caller(assoc)
     try:
         return int(assoc.send_c_store(ds).Status)
     finally:

@@ -19,6 +19,7 @@ from pynetdicom.pdu_primitives import A_ABORT
 
 from node.config import DimseDestination
 from node.errors import PeerRejected, PeerUnreachable
+from node.export.requestor import answers_only_to_caller
 
 __all__ = ["DimseExporter"]
 
@@ -127,6 +128,7 @@ class DimseExporter:
                     peer=self.name,
                     status=0,
                 )
+            answers_only_to_caller(assoc)
             sock = assoc.dul.socket.socket if assoc.dul.socket else None
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -26,6 +26,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from pynetdicom import AE, _config, evt
 
+from node.export.requestor import answers_only_to_caller
 from tests.paths import shared_data_root
 
 SEED_FILES = (
@@ -224,6 +225,7 @@ def raw_sender(
     try:
         if not assoc.is_established:
             raise RuntimeError(f"no association with 127.0.0.1:{port}")
+        answers_only_to_caller(assoc)
         yield RawSender(assoc)
     finally:
         if assoc.is_established:

@@ -32,6 +32,7 @@ from structlog.testing import capture_logs
 
 from node.assembly.volume import load_volume
 from node.errors import AssemblyError
+from node.export.requestor import answers_only_to_caller
 from node.ingest.dimse import STATUS_CANNOT_UNDERSTAND, DimseListener
 from node.logging import ALLOWED_KEYS
 from node.store.models import Instance, Series
@@ -83,6 +84,7 @@ def send_with_comment(port: int, ds: pydicom.Dataset) -> tuple[int, str]:
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title="AINODE")
     assert assoc.is_established
+    answers_only_to_caller(assoc)
     try:
         response = assoc.send_c_store(ds)
     finally:
@@ -306,6 +308,7 @@ def test_unsupported_transfer_syntax_context_is_rejected_cleanly(
     with capture_logs() as logs:
         assoc = ae.associate("127.0.0.1", listener.port, ae_title="AINODE")
         assert assoc.is_established
+        answers_only_to_caller(assoc)
         try:
             [rejected] = assoc.rejected_contexts
             assert rejected.abstract_syntax == CTImageStorage

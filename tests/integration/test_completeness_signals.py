@@ -19,6 +19,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
+from node.export.requestor import answers_only_to_caller
 from node.store.database import Database
 from node.store.index import series_instance_paths
 from node.store.models import Job, JobEvent, JobState
@@ -61,6 +62,7 @@ def associate(node: RunningNode, transfer_syntax: str) -> Association:
     ae.add_requested_context(CTImageStorage, transfer_syntax)
     assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title)
     assert assoc.is_established
+    answers_only_to_caller(assoc)
     return assoc
 
 

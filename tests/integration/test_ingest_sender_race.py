@@ -35,8 +35,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.association import Association
 
+from node.export.requestor import answers_only_to_caller
 from node.store.database import Database
 from tests.paths import shared_data_root
 from tests.peers import running_listener
@@ -45,22 +45,6 @@ pytestmark = pytest.mark.integration
 
 #: Deadline for each forced step; the test never sleeps for a fixed time.
 STEP_S = 30.0
-
-
-def answers_only_to_caller(assoc: Association) -> None:
-    """Keep ``assoc``'s reactor thread from taking DIMSE messages off its queue.
-
-    Only the reactor polls the queue without blocking (it serves requests from the peer); every
-    ``send_*`` method blocks on it for its answer. For an association that only sends requests
-    (a storage or verification SCU) the reactor then has nothing to take, and cannot take an
-    answer meant for the thread that sent the request.
-    """
-    receive = assoc.dimse.get_msg
-
-    def get_msg(block: bool = False) -> Any:
-        return receive(block) if block else (None, None)
-
-    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
 
 
 class _HeldReactor(threading.Event):

@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from structlog.testing import capture_logs
 
 from node.api.app import HttpServer, create_app
+from node.export.requestor import answers_only_to_caller
 from node.ingest.dimse import STATUS_OUT_OF_RESOURCES, DimseListener
 from node.ingest.tls import server_context
 from node.logging import ALLOWED_KEYS
@@ -387,6 +388,7 @@ def test_disk_filling_during_an_association_answers_out_of_resources(
         ae.add_requested_context(CTImageStorage, first.file_meta.TransferSyntaxUID)
         assoc = ae.associate("127.0.0.1", listener.port, ae_title="AINODE")
         assert assoc.is_established
+        answers_only_to_caller(assoc)
         try:
             assert assoc.send_c_store(first).Status == 0x0000
             disk.free_bytes = 5 * MB

@@ -12,6 +12,7 @@ import pydicom
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
+from node.export.requestor import answers_only_to_caller
 from tests.paths import shared_data_root
 
 
@@ -25,6 +26,7 @@ def main() -> None:
     if not assoc.is_established:
         print("acknowledged=0 association-failed")
         sys.exit(1)
+    answers_only_to_caller(assoc)
     series_uid = generate_uid(entropy_srcs=["load-series", str(index)])
     acknowledged = 0
     for k in range(count):
