@@ -246,11 +246,10 @@ def test_node_killed_at_many_points_loses_nothing_and_duplicates_nothing(
 
     _check_acknowledged_are_safe(data_dir, acknowledged)
     jobs = _index(data_dir, "SELECT id, uid, state FROM jobs")
-    refused = _index(
-        data_dir,
-        "SELECT j.reason, s.instance_count FROM jobs j JOIN series s ON j.series_id = s.id "
-        "WHERE j.state = 'rejected'",
-    )
+    refused = [
+        str(reason)
+        for (reason,) in _index(data_dir, "SELECT reason FROM jobs WHERE state = 'rejected'")
+    ]
     finals = _index(
         data_dir,
         "SELECT job_id, count(*) FROM job_events WHERE state IN "
@@ -259,9 +258,13 @@ def test_node_killed_at_many_points_loses_nothing_and_duplicates_nothing(
     assert {job_id for job_id, _ in finals} == {job_id for job_id, _, _ in jobs}
     assert all(count == 1 for _, count in finals), "a job reached a final state twice"
     # A round killed during ingest leaves a series short of the slices its sender meant to send;
-    # the lung model's card wants 10 or more, so such a slab is refused, with that reason.
+    # the lung model's card wants 10 or more, so such a slab is refused, with that reason. The
+    # count is the job's own inputs: the rest of the series may arrive after it was queued.
     assert all(state in ("done", "rejected") for _, _, state in jobs), jobs
-    assert all("slice(s)" in str(reason) and int(str(count)) < 10 for reason, count in refused)
+    short = re.compile(r"(\d+) slice\(s\), the card wants 10 to")
+    assert all(
+        (m := short.match(reason)) is not None and int(m.group(1)) < 10 for reason in refused
+    ), refused
     done = [job for job in jobs if job[2] == "done"]
     seg_uids = set()
     for _, job_uid, _ in done:
