@@ -150,13 +150,22 @@ class Association:
         self._admitted = False
 
     def run(self) -> None:
-        """Serve the association; returns when it has ended and the socket is closed."""
-        released = False
+        """Serve the association; returns when it has ended and the socket is closed.
+
+        A release is recorded (the service user's ``on_ended``) before the A-RELEASE-RP goes
+        out, so a sender that sees its association released finds it released in the index:
+        a clean release is a completeness signal.
+        """
+        released = ended = False
         try:
             self.sock.settimeout(self._acse_timeout_s)
             if self._establish():
                 self.sock.settimeout(self._network_timeout_s)
                 released = self._data_phase()
+                if released:
+                    ended = True
+                    self._user.on_ended(self, released=True)
+                    self.sock.sendall(wire.release_rp_pdu())
         except wire.ProtocolError as exc:
             log.warning("association.aborted", assoc_id=self.association_id, reason=str(exc))
             self._send_quietly(wire.abort_pdu(0x02, exc.reason))
@@ -167,7 +176,7 @@ class Association:
             pass  # the peer went away (reset, closed); ended as not released
         finally:
             self._close()
-            if self._admitted:
+            if self._admitted and not ended:
                 self._user.on_ended(self, released=released)
 
     def _establish(self) -> bool:
@@ -193,7 +202,7 @@ class Association:
         return True
 
     def _data_phase(self) -> bool:
-        """P-DATA until A-RELEASE-RQ (True) or A-ABORT (False)."""
+        """P-DATA until A-RELEASE-RQ (True; the caller answers it) or A-ABORT (False)."""
         assert self._negotiated is not None
         accepted = self._negotiated.accepted
         command_bytes = bytearray()
@@ -204,7 +213,6 @@ class Association:
             pdu_type, length = wire.pdu_header(self._reader.exact(6))
             if pdu_type == wire.A_RELEASE_RQ:
                 self._reader.skip(min(length, 4))
-                self.sock.sendall(wire.release_rp_pdu())
                 return True
             if pdu_type == wire.A_ABORT:
                 return False
