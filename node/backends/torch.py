@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ARCHITECTURES", "NETWORK_FILE", "WEIGHTS_FILE", "TorchBackend"]
 
+#: Default ``max_batch`` on the CPU, and on other devices (see :class:`TorchBackend`).
+CPU_MAX_BATCH, DEVICE_MAX_BATCH = 4, 16
+
 NETWORK_FILE = "network.json"
 WEIGHTS_FILE = "model.pt"
 #: Architectures ``network.json`` may name; nothing else is ever imported from it.
@@ -68,6 +71,9 @@ class TorchBackend:
         This setting is process-wide. By default torch's own setting is left alone.
     max_batch
         Largest number of items run through the network at once; bigger batches are split.
+        By default 4 on the CPU (the shipped lung U-Net ran 55 slices in 0.41 s in batches of
+        4 against 0.53 s in batches of 16 on 2 cores, with 200 MB less peak memory: the
+        activations of a batch are the job's largest transient) and 16 on other devices.
     device
         The torch device to run on, ``"cpu"`` by default.
 
@@ -83,9 +89,11 @@ class TorchBackend:
         repository: Path,
         *,
         num_threads: int | None = None,
-        max_batch: int = 16,
+        max_batch: int | None = None,
         device: str = "cpu",
     ) -> None:
+        if max_batch is None:
+            max_batch = CPU_MAX_BATCH if device == "cpu" else DEVICE_MAX_BATCH
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.repository = Path(repository)
