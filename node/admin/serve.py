@@ -7,7 +7,6 @@ import typer
 from node.admin.common import ConfigOption, fail, settings_or_exit
 from node.errors import NodeError
 from node.logging import configure_logging
-from node.memory import fix_mmap_threshold
 
 __all__ = ["serve"]
 
@@ -20,7 +19,6 @@ def serve(config: ConfigOption = None) -> None:
     """
     settings = settings_or_exit(config)
     configure_logging(settings.log_format, settings.log_level)
-    fix_mmap_threshold()  # large blocks go back to the system when freed (node/memory.py)
     from node.service import Node  # imports torch-backed parts only when serving
 
     try:

@@ -34,7 +34,6 @@ from node.ingest.dimse import DimseListener
 from node.ingest.server import BACKLOG, listening_socket
 from node.ingest.tls import server_context
 from node.logging import configure_logging, get_logger
-from node.memory import fix_mmap_threshold
 from node.store.database import Database
 from node.store.spool import Spool
 
@@ -223,7 +222,6 @@ def _receive(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     configure_logging(settings.log_format, settings.log_level)
-    fix_mmap_threshold()  # as the node's own process (node/memory.py)
     db = Database(settings.index_url)
     listener = DimseListener(
         **listener_settings(settings),
