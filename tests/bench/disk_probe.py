@@ -60,13 +60,17 @@ def direct(folder: Path, name: str, data: bytes) -> None:
 
 
 def writes_per_second(
-    way: Callable[[Path, str, bytes], None], folder: Path, threads: int, tag: str
+    way: Callable[[Path, str, bytes], None],
+    folder: Path,
+    threads: int,
+    tag: str,
+    writes: int = WRITES_PER_THREAD,
 ) -> float:
-    """Durable writes per second of ``threads`` threads writing in ``folder``."""
+    """Durable writes per second of ``threads`` threads writing ``writes`` files each."""
     data = os.urandom(SIZE)
 
     def worker(number: int) -> None:
-        for k in range(WRITES_PER_THREAD):
+        for k in range(writes):
             way(folder, f"{tag}-{number}-{k}", data)
 
     workers = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
@@ -75,7 +79,7 @@ def writes_per_second(
         thread.start()
     for thread in workers:
         thread.join()
-    return threads * WRITES_PER_THREAD / (time.perf_counter() - started)
+    return threads * writes / (time.perf_counter() - started)
 
 
 def main() -> None:

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench import appsdk, memory, serving, stow, time_to_result
+from tests.bench import (
+    appsdk,
+    disk_probe,
+    memory,
+    receive_breakdown,
+    serving,
+    stow,
+    time_to_result,
+)
 from tests.bench.common import Row, Section, summary_table
 from tests.bench.ingest import run, table
 from tests.bench.sections import SECTIONS
@@ -84,6 +92,22 @@ def test_triton_rows_smoke(tmp_path: Path) -> None:
             _measured(row)
         else:
             assert row.note == f"not measured yet ({missing})"
+
+
+def test_receive_breakdown_smoke() -> None:
+    """The probes behind the receive rows run too (not sections: no ratio)."""
+    elapsed, totals = receive_breakdown.measure(5)
+    assert elapsed > 0
+    assert set(totals) == set(receive_breakdown.ORDER)
+    assert totals["durable store, all"] >= totals["header parse"] > 0
+
+
+def test_disk_probe_smoke(tmp_path: Path) -> None:
+    for way in (disk_probe.renamed, disk_probe.direct):
+        assert disk_probe.writes_per_second(way, tmp_path, 2, way.__name__, writes=3) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{way}-{n}-{k}" for way in ("renamed", "direct") for n in range(2) for k in range(3)
+    )
 
 
 def test_summary_table_has_every_row() -> None:
