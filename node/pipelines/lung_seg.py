@@ -225,10 +225,10 @@ def keep_largest_components_in_place(
         (np.ones(pairs.size, dtype=np.int8), (pairs >> 32, pairs & 0xFFFFFFFF)),
         shape=(total + 1, total + 1),
     )
-    count, component = csgraph.connected_components(graph, directed=False)
-    sizes = np.bincount(component, weights=np.concatenate(voxels), minlength=count)
+    components, component = csgraph.connected_components(graph, directed=False)
+    sizes = np.bincount(component, weights=np.concatenate(voxels), minlength=components)
     sizes[component[0]] = 0  # the background's own component
-    first_label = np.full(count, total + 1, dtype=np.int64)
+    first_label = np.full(components, total + 1, dtype=np.int64)
     np.minimum.at(first_label, component, np.arange(total + 1))
     candidates = np.flatnonzero(sizes)
     order = candidates[np.lexsort((first_label[candidates], -sizes[candidates]))]
