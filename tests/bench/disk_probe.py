@@ -23,17 +23,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from node.store.spool import Spool, _fsync_dir
+
 SIZE = 512 * 1024
 WRITES_PER_THREAD = 100
 ROUNDS = 3
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -46,17 +40,14 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def renamed(folder: Path, name: str, data: bytes) -> None:
-    """The spool's way: temporary name, fsync, rename, folder fsync."""
-    temporary = folder / f".{name}.tmp"
-    _write(temporary, data)
-    temporary.rename(folder / name)
-    _fsync_folder(folder)
+    """The spool's way, by the spool itself: temporary name, fsync, rename, folder fsync."""
+    Spool(folder).write(Path(name), data)
 
 
 def direct(folder: Path, name: str, data: bytes) -> None:
     """Final name at once, fsync, folder fsync."""
     _write(folder / name, data)
-    _fsync_folder(folder)
+    _fsync_dir(folder)  # the spool's own folder fsync
 
 
 def writes_per_second(
