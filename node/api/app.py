@@ -44,6 +44,10 @@ def _job_summary(job: Job) -> dict[str, Any]:
         "series": short_uid(job.series.series_instance_uid),
         "attempts": job.attempts,
         "reason": job.reason,
+        "refused": job.refused,
+        "explain": job.explain,
+        "shadow_version": job.shadow_version,
+        "shadow": job.shadow_result,
         "updated_at": job.updated_at.isoformat(),
     }
 

@@ -37,6 +37,13 @@ def test_health_and_jobs(tmp_path: Path) -> None:
     [job] = client.get("/jobs").json()
     assert (job["id"], job["state"], job["model"]) == (1, "pending", "lung_seg")
     assert job["series"] != "1.2.3.4"  # hashed, never the UID
+    # What `jobs show` prints too: refused (intended-use refusal), explanations, the shadow.
+    assert (job["refused"], job["explain"], job["shadow_version"], job["shadow"]) == (
+        False,
+        False,
+        None,
+        None,
+    )
     detail = client.get("/jobs/1").json()
     assert detail["history"][0]["state"] == "pending"
     assert client.get("/jobs/2").status_code == 404
