@@ -25,12 +25,13 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from node.assembly.volume import AnomalyKind, Volume
+from node.assembly.volume import Volume
 from node.backends.base import Backend
-from node.errors import NotAccepted, PipelineError
+from node.errors import PipelineError
 from node.pipelines.explain import occlusion_heat_map
 from node.pipelines.findings import Classification, CodedConcept, Findings, HeatMap
 from node.pipelines.lung_seg import resize_slices
+from node.pipelines.requirements import require_one_orientation
 
 __all__ = [
     "BATCH_SIZE",
@@ -125,8 +126,7 @@ class BodyRegion:
 
     def check(self, volume: Volume) -> None:
         """Raise :class:`node.errors.NotAccepted` for a series mixing slice orientations."""
-        if volume.has(AnomalyKind.MIXED_ORIENTATIONS):
-            raise NotAccepted("series mixes slice orientations (e.g. a localizer among axials)")
+        require_one_orientation(volume)
 
     def slice_probabilities(
         self, volume: Volume, backend: Backend, model: str, version: str
@@ -200,7 +200,7 @@ class BodyRegion:
             heat = heat[:, ::-1, :]
         if flip_cols:
             heat = heat[:, :, ::-1]
-        rows, cols = volume.array.shape[1:]
+        rows, cols = volume.shape[1:]
         if rows % INPUT_SIZE[0] or cols % INPUT_SIZE[1]:
             heat = np.clip(resize_slices(heat, (rows, cols)), 0.0, 1.0)
         return (

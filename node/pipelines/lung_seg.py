@@ -24,10 +24,11 @@ import numpy.typing as npt
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
-from node.assembly.volume import AnomalyKind, Volume
+from node.assembly.volume import Volume
 from node.backends.base import Backend
-from node.errors import NotAccepted, PipelineError
+from node.errors import PipelineError
 from node.pipelines.findings import CodedConcept, Findings, LabelMap, SegmentDescription
+from node.pipelines.requirements import require_one_orientation, require_square_pixels
 
 __all__ = [
     "BATCH_SIZE",
@@ -63,10 +64,6 @@ SECOND_LUNG_FRACTION = 0.25
 #: Holes in a slice's lung mask up to this area (mm²) are filled: vessels, nodules; not the
 #: mediastinum, should the two lungs touch in front of and behind it.
 MAX_HOLE_AREA_MM2 = 2000.0
-
-#: Two PixelSpacing values (or one slice's against another's) further apart than this fraction
-#: are different: the per-slice resize assumes square pixels, the same on every slice.
-PIXEL_ASPECT_TOLERANCE = 0.01
 
 LUNG_SEGMENT = SegmentDescription(
     label=1,
@@ -341,18 +338,8 @@ class LungSegmentation:
         NotAccepted
             With the reason, for mixed orientations, non-square or varying pixel spacing.
         """
-        if volume.has(AnomalyKind.MIXED_ORIENTATIONS):
-            raise NotAccepted("series mixes slice orientations (e.g. a localizer among axials)")
-        row_mm, col_mm = volume.spacing[1], volume.spacing[2]
-        if abs(row_mm - col_mm) > PIXEL_ASPECT_TOLERANCE * max(row_mm, col_mm):
-            raise NotAccepted(f"PixelSpacing {row_mm:g}\\{col_mm:g}: pixels are not square")
-        for ds in volume.datasets:
-            spacing = [float(v) for v in ds.PixelSpacing]
-            if any(
-                abs(a - b) > PIXEL_ASPECT_TOLERANCE * b
-                for a, b in zip(spacing, (row_mm, col_mm), strict=True)
-            ):
-                raise NotAccepted("PixelSpacing differs between slices")
+        require_one_orientation(volume)
+        require_square_pixels(volume)
 
     def run(self, volume: Volume, backend: Backend, model: str, version: str) -> Findings:
         """Segment the lungs of ``volume`` with ``model`` at ``version`` through ``backend``.

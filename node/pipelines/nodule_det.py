@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from node.assembly.volume import AnomalyKind, Volume
+from node.assembly.volume import Volume
 from node.backends.base import Backend
 from node.errors import NotAccepted, PipelineError
 from node.pipelines.explain import occlusion_heat_map
@@ -46,9 +46,10 @@ from node.pipelines.findings import (
     Measurement,
     SegmentDescription,
 )
-from node.pipelines.lung_seg import HU_WINDOW, PIXEL_ASPECT_TOLERANCE, resize_slices
+from node.pipelines.lung_seg import HU_WINDOW, resize_slices
 from node.pipelines.lung_seg import preprocess as window_and_resize
 from node.pipelines.measurements import RegionMeasurements, measure_region, slice_weights_mm
+from node.pipelines.requirements import require_one_orientation, require_square_pixels
 
 __all__ = [
     "ABNORMAL_STRUCTURE",
@@ -268,23 +269,13 @@ class NoduleDetection:
         NotAccepted
             For mixed orientations, non-square or varying pixel spacing, or too few slices.
         """
-        if volume.has(AnomalyKind.MIXED_ORIENTATIONS):
-            raise NotAccepted("series mixes slice orientations (e.g. a localizer among axials)")
-        if volume.array.shape[0] < 2 * CONTEXT_SLICES + 1:
+        require_one_orientation(volume)
+        if volume.shape[0] < 2 * CONTEXT_SLICES + 1:
             raise NotAccepted(
-                f"{volume.array.shape[0]} slice(s): the detector needs a slice and its "
+                f"{volume.shape[0]} slice(s): the detector needs a slice and its "
                 f"{CONTEXT_SLICES} neighbour(s) on each side"
             )
-        row_mm, col_mm = volume.spacing[1], volume.spacing[2]
-        if abs(row_mm - col_mm) > PIXEL_ASPECT_TOLERANCE * max(row_mm, col_mm):
-            raise NotAccepted(f"PixelSpacing {row_mm:g}\\{col_mm:g}: pixels are not square")
-        for ds in volume.datasets:
-            spacing = [float(v) for v in ds.PixelSpacing]
-            if any(
-                abs(a - b) > PIXEL_ASPECT_TOLERANCE * b
-                for a, b in zip(spacing, (row_mm, col_mm), strict=True)
-            ):
-                raise NotAccepted("PixelSpacing differs between slices")
+        require_square_pixels(volume)
 
     def probability(
         self, volume: Volume, backend: Backend, model: str, version: str
@@ -326,7 +317,7 @@ class NoduleDetection:
             return ()
         labels = findings.label_maps[0].array
         inputs = preprocess(volume.array)
-        heat = np.zeros((volume.array.shape[0], *INPUT_SIZE), dtype=np.float32)
+        heat = np.zeros((volume.shape[0], *INPUT_SIZE), dtype=np.float32)
         explained: list[str] = []
         for detection in findings.detections[:MAX_EXPLAINED]:
             mask = labels == detection.label
@@ -378,7 +369,7 @@ class NoduleDetection:
             Nodule in ``absent``.
         """
         candidates = find_candidates(self.probability(volume, backend, model, version), volume)
-        label_map = np.zeros(volume.array.shape, dtype=np.uint8)
+        label_map = np.zeros(volume.shape, dtype=np.uint8)
         detections: list[Detection] = []
         for number, candidate in enumerate(candidates, start=1):
             label_map[candidate.mask] = number
