@@ -15,6 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.peers import REPO_ROOT, free_port, wait_for
 
 START_SCRIPT = REPO_ROOT / "deploy" / "triton" / "start-local.sh"
@@ -27,6 +29,17 @@ def triton_missing() -> str | None:
     if not python.is_file():
         return f"no Triton environment at {TRITON_HOME / 'venv'} (run 'make triton-deps')"
     return None
+
+
+def require_triton() -> None:
+    """Skip the calling test when no local Triton can start; in CI (``CI`` set), fail it:
+    ``make test`` installs Triton, so its absence there is a broken install."""
+    reason = triton_missing()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; `make test` installs it", pytrace=False)
+    pytest.skip(reason)
 
 
 @dataclass

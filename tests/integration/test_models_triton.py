@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from node.admin.cli import app
-from node.assembly.volume import Volume, load_volume
+from node.assembly.volume import Volume
 from node.backends.embedded import EmbeddedBackend
 from node.backends.triton import TritonBackend
 from node.models.admin import ModelAdminError, ModelsAdmin
@@ -27,9 +27,9 @@ from node.models.audit import read_history
 from node.models.card import card_template
 from node.models.repository import ModelRepository
 from node.pipelines.lung_seg import INPUT_NAME, OUTPUT_NAME, LungSegmentation, preprocess
-from tests.integration.test_triton import PARITY_ATOL, _require_triton
+from tests.integration.test_triton import PARITY_ATOL
 from tests.peers import REPO_ROOT
-from tests.triton import TRITON_HOME, Triton, start_triton
+from tests.triton import TRITON_HOME, Triton, require_triton, start_triton
 from training.lung_seg.export import export_bundle, export_onnx, export_torchscript
 
 pytestmark = pytest.mark.integration
@@ -102,11 +102,6 @@ def onnx_repository(tmp_path_factory: pytest.TempPathFactory) -> ModelRepository
 
 
 @pytest.fixture(scope="module")
-def lidc(lidc_dir: Path) -> Volume:
-    return load_volume(sorted(lidc_dir.glob("*.dcm")))
-
-
-@pytest.fixture(scope="module")
 def slab(lidc: Volume) -> dict[str, npt.NDArray[np.float32]]:
     return {INPUT_NAME: preprocess(lidc.array[16:32])}
 
@@ -161,16 +156,8 @@ def test_onnx_gives_the_shipped_masks_embedded(
 def triton(
     repository: ModelRepository, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Triton]:
-    _require_triton()
-    for attempt in range(3):
-        try:
-            server = start_triton(repository.root, tmp_path_factory.mktemp("triton"))
-            break
-        except RuntimeError as exc:
-            # start-local.sh checks the stub with `ldd | grep -q` under pipefail: grep -q may
-            # exit before ldd has written everything, and ldd's SIGPIPE fails the check.
-            if "does not link" not in str(exc) or attempt == 2:
-                raise
+    require_triton()
+    server = start_triton(repository.root, tmp_path_factory.mktemp("triton"))
     yield server
     server.stop()
 

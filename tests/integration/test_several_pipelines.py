@@ -9,7 +9,6 @@ retry) writes and sends the same objects, never new ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import highdicom as hd
@@ -48,14 +47,6 @@ RULES = RuleSet.model_validate(
         ]
     }
 )  # fmt: skip
-
-
-@pytest.fixture
-def spool_and_db(tmp_path: Path) -> Iterator[tuple[Spool, Database]]:
-    db = Database(f"sqlite:///{tmp_path / 'index.sqlite'}")
-    db.create_schema()
-    yield Spool(tmp_path / "spool"), db
-    db.dispose()
 
 
 def _runner(spool: Spool, db: Database, port: int) -> JobRunner:

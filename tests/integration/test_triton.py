@@ -8,7 +8,6 @@ under CI (``CI`` set), where they fail: ``make test`` installs it.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import numpy.typing as npt
 import pydicom
 import pytest
 
-from node.assembly.volume import Volume, load_volume
+from node.assembly.volume import Volume
 from node.backends import TorchBackend, TritonBackend
 from node.errors import BackendError, ModelNotFound
 from node.pipelines.lung_seg import BATCH_SIZE, INPUT_NAME, OUTPUT_NAME, LungSegmentation
@@ -34,7 +33,7 @@ from tests.peers import (
     storescu,
     wait_for,
 )
-from tests.triton import Triton, start_triton, triton_missing
+from tests.triton import Triton, require_triton, start_triton
 
 pytestmark = [pytest.mark.integration]
 
@@ -43,26 +42,12 @@ MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 PARITY_ATOL = 1e-5
 
 
-def _require_triton() -> None:
-    reason = triton_missing()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; `make test` installs it", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
-    _require_triton()
+    require_triton()
     server = start_triton(MODEL_REPOSITORY, tmp_path_factory.mktemp("triton"))
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def lidc(lidc_dir: Path) -> Volume:
-    return load_volume(sorted(lidc_dir.glob("*.dcm")))
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +144,7 @@ def _job_history(node: RunningNode) -> str:
 def test_the_node_waits_for_triton_then_sends_the_seg(tmp_path: Path, lidc_dir: Path) -> None:
     """A node configured for Triton receives a series while Triton is down: the job waits;
     once Triton is up the job runs there and the SEG reaches the destination."""
-    _require_triton()
+    require_triton()
     grpc_port = free_port()
     storescp, pacs_port = start_storescp(tmp_path / "pacs")
     node = start_node(

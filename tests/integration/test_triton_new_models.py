@@ -3,19 +3,17 @@ backend's numbers (the Triton Python-backend model.py runs the same state dict /
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from node.assembly.volume import Volume, load_volume
+from node.assembly.volume import Volume
 from node.backends import TritonBackend
 from node.backends.embedded import EmbeddedBackend
 from node.pipelines import ct_region, nodule_det
 from tests.peers import REPO_ROOT
-from tests.triton import Triton, start_triton, triton_missing
+from tests.triton import Triton, require_triton, start_triton
 
 pytestmark = [pytest.mark.integration]
 
@@ -24,19 +22,10 @@ MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
-    reason = triton_missing()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; `make test` installs it", pytrace=False)
-        pytest.skip(reason)
+    require_triton()
     server = start_triton(MODEL_REPOSITORY, tmp_path_factory.mktemp("triton"))
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def lidc(lidc_dir: Path) -> Volume:
-    return load_volume(sorted(lidc_dir.glob("*.dcm")))
 
 
 @pytest.mark.parametrize(
