@@ -6,13 +6,13 @@ every metric records its key there. No number is typed by hand.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from node.models.card import CARD_FILE, InputContract, ModelCard
+from node.models.card import InputContract, ModelCard
 from node.pipelines.ct_region import CLASSES, HU_WINDOW, INPUT_SIZE, OCCLUSION_MASK_PX
+from training import common
+from training.common import card_fields
 from training.ct_region.data import (
     ABDOMEN_MAX_LUNG_CM2,
     CHEST_MIN_LUNG_CM2,
@@ -223,7 +223,6 @@ training {train_s} s, total {total_s} s on {machine}; torch {torch}, MONAI {mona
 def render_card(metrics: dict[str, Any], card: ModelCard | None = None) -> str:
     """The Markdown model card, filled in from ``metrics``."""
     card = card or build_card(metrics)
-    env = metrics["environment"]
     names = {0: "head", 1: "chest", 2: "abdomen", None: "chest / abdomen by the lung rule"}
     series_rows = "\n".join(
         f"| `{name}` | {names[label]} | {metrics['training_slices'][name]} |"
@@ -256,44 +255,34 @@ def render_card(metrics: dict[str, Any], card: ModelCard | None = None) -> str:
         ind_acc=metrics["independent_accuracy"],
         ind_ok=metrics["independent_correct"],
         decisions=decisions,
-        command=metrics["command"],
-        seed=metrics["seed"],
         iterations=metrics["iterations"],
-        batch_size=metrics["batch_size"],
-        lr=metrics["learning_rate"],
-        train_s=metrics["training_seconds"],
-        total_s=metrics["total_seconds"],
-        machine=env["machine"],
-        torch=env["torch"],
-        monai=env["monai"],
-        numpy=env["numpy"],
-        python=env["python"],
+        **card_fields(metrics),
     )
 
 
 def write_cards(version_dir: Path, metrics: dict[str, Any]) -> ModelCard:
-    """Write ``card.yaml`` and ``MODEL_CARD.md`` into ``version_dir`` from ``metrics``."""
+    """Write ``card.yaml`` and ``MODEL_CARD.md`` into ``version_dir`` from ``metrics``.
+
+    Returns
+    -------
+    ModelCard
+        The card written (the node reads it back and checks its metrics against
+        ``metrics.json``).
+    """
     card = build_card(metrics)
-    header = (
-        "# Written by training/ct_region/card.py from metrics.json: do not edit by hand.\n"
-        "# The node checks every series against `input` before running this model.\n"
+    return common.write_cards(
+        version_dir, card, render_card(metrics, card), written_by="training/ct_region/card.py"
     )
-    (version_dir / CARD_FILE).write_text(header + card.to_yaml(), encoding="utf-8")
-    (version_dir / "MODEL_CARD.md").write_text(render_card(metrics, card), encoding="utf-8")
-    return card
 
 
 def main(argv: list[str] | None = None) -> int:
     """Re-render both cards from ``metrics.json`` (no retraining): ``MODEL_REPOSITORY``."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m training.ct_region.card MODEL_REPOSITORY", file=sys.stderr)
-        return 2
-    version_dir = Path(args[0]) / MODEL_NAME / MODEL_VERSION
-    metrics = json.loads((version_dir / "metrics.json").read_text(encoding="utf-8"))
-    write_cards(version_dir, metrics)
-    print(f"wrote {version_dir / CARD_FILE} and {version_dir / 'MODEL_CARD.md'}")
-    return 0
+    return common.rerender_cards(
+        argv,
+        module="training.ct_region.card",
+        model_version_dir=lambda repository: repository / MODEL_NAME / MODEL_VERSION,
+        write=write_cards,
+    )
 
 
 if __name__ == "__main__":

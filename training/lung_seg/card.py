@@ -8,12 +8,11 @@ either card is typed by hand.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from node.models.card import CARD_FILE, InputContract, ModelCard, OutputSegment
+from node.models.card import InputContract, ModelCard, OutputSegment
 from node.pipelines.lung_seg import (
     HU_WINDOW,
     INPUT_SIZE,
@@ -21,6 +20,8 @@ from node.pipelines.lung_seg import (
     MAX_HOLE_AREA_MM2,
     SECOND_LUNG_FRACTION,
 )
+from training import common
+from training.common import card_fields
 from training.lung_seg.data import EXTRA_TRAINING, HELD_OUT_EVERY, HELD_OUT_OFFSET, LIDC
 from training.lung_seg.repository import MODEL_NAME, MODEL_VERSION, NETWORK_KWARGS
 
@@ -309,7 +310,6 @@ def render_card(metrics: dict[str, Any], card: ModelCard | None = None) -> str:
         for b in contract.intensity.bands
     )
     held = metrics["held_out_slice_indices"]
-    env = metrics["environment"]
     return _TEMPLATE.format(
         intended_use=card.intended_use,
         modalities="/".join(contract.modalities),
@@ -346,18 +346,8 @@ def render_card(metrics: dict[str, Any], card: ModelCard | None = None) -> str:
         whole_dice=metrics["whole_volume_dice"],
         ref_ml=metrics["reference_lung_ml"],
         pred_ml=metrics["predicted_lung_ml"],
-        command=metrics["command"],
-        seed=metrics["seed"],
         epochs=metrics["epochs"],
-        batch_size=metrics["batch_size"],
-        lr=metrics["learning_rate"],
-        train_s=metrics["training_seconds"],
-        total_s=metrics["total_seconds"],
-        machine=env["machine"],
-        torch=env["torch"],
-        monai=env["monai"],
-        numpy=env["numpy"],
-        python=env["python"],
+        **card_fields(metrics),
     )
 
 
@@ -371,36 +361,19 @@ def write_cards(version_dir: Path, metrics: dict[str, Any]) -> ModelCard:
         ``metrics.json``).
     """
     card = build_card(metrics)
-    header = (
-        "# Written by training/lung_seg/card.py from metrics.json: do not edit by hand.\n"
-        "# The node checks every series against `input` before running this model.\n"
+    return common.write_cards(
+        version_dir, card, render_card(metrics, card), written_by="training/lung_seg/card.py"
     )
-    (version_dir / CARD_FILE).write_text(header + card.to_yaml(), encoding="utf-8")
-    (version_dir / "MODEL_CARD.md").write_text(render_card(metrics, card), encoding="utf-8")
-    return card
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Re-render ``card.yaml`` and ``MODEL_CARD.md`` from ``metrics.json`` (no retraining).
-
-    Parameters
-    ----------
-    argv
-        One argument: the model repository folder.
-
-    Returns
-    -------
-    int
-        The exit status.
-    """
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m training.lung_seg.card MODEL_REPOSITORY", file=sys.stderr)
-        return 2
-    version_dir = Path(args[0]) / MODEL_NAME / MODEL_VERSION
-    metrics = json.loads((version_dir / "metrics.json").read_text(encoding="utf-8"))
-    write_cards(version_dir, metrics)
-    return 0
+    """Re-render both cards from ``metrics.json`` (no retraining): ``MODEL_REPOSITORY``."""
+    return common.rerender_cards(
+        argv,
+        module="training.lung_seg.card",
+        model_version_dir=lambda repository: repository / MODEL_NAME / MODEL_VERSION,
+        write=write_cards,
+    )
 
 
 if __name__ == "__main__":

@@ -6,12 +6,10 @@ every metric records its key there (the node checks them equal). No number is ty
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from node.models.card import CARD_FILE, InputContract, ModelCard
+from node.models.card import InputContract, ModelCard
 from node.pipelines.nodule_det import (
     AIR_HU,
     AIR_SHELL_MM,
@@ -23,6 +21,8 @@ from node.pipelines.nodule_det import (
     NODULE,
     THRESHOLD,
 )
+from training import common
+from training.common import card_fields
 from training.nodule_det.data import HELD_OUT, LIDC, REAL_NODULE, REAL_NODULE_SLICES
 from training.nodule_det.evaluate import LESIONS_PER_TRIAL, TRIALS
 from training.nodule_det.lesions import (
@@ -277,7 +277,6 @@ def render_card(metrics: dict[str, Any], card: ModelCard | None = None) -> str:
     assert contract.field_of_view_mm is not None
     assert contract.intensity is not None
     assert contract.intensity.percentiles is not None
-    env = metrics["environment"]
     real_rows = ""
     if metrics.get("real_nodule_found"):
         real = metrics["real_nodule"]
@@ -343,44 +342,34 @@ def render_card(metrics: dict[str, Any], card: ModelCard | None = None) -> str:
         real_slices=", ".join(str(k) for k in REAL_NODULE_SLICES),
         real_center=f"({REAL_NODULE[0]:g}, {REAL_NODULE[1]:g}, {REAL_NODULE[2]:g})",
         uncertain="yes" if metrics["uncertain_structure_detected"] else "no",
-        command=metrics["command"],
-        seed=metrics["seed"],
         iterations=metrics["iterations"],
-        batch_size=metrics["batch_size"],
-        lr=metrics["learning_rate"],
-        train_s=metrics["training_seconds"],
-        total_s=metrics["total_seconds"],
-        machine=env["machine"],
-        torch=env["torch"],
-        monai=env["monai"],
-        numpy=env["numpy"],
-        python=env["python"],
+        **card_fields(metrics),
     )
 
 
 def write_cards(version_dir: Path, metrics: dict[str, Any]) -> ModelCard:
-    """Write ``card.yaml`` and ``MODEL_CARD.md`` into ``version_dir`` from ``metrics``."""
+    """Write ``card.yaml`` and ``MODEL_CARD.md`` into ``version_dir`` from ``metrics``.
+
+    Returns
+    -------
+    ModelCard
+        The card written (the node reads it back and checks its metrics against
+        ``metrics.json``).
+    """
     card = build_card(metrics)
-    header = (
-        "# Written by training/nodule_det/card.py from metrics.json: do not edit by hand.\n"
-        "# The node checks every series against `input` before running this model.\n"
+    return common.write_cards(
+        version_dir, card, render_card(metrics, card), written_by="training/nodule_det/card.py"
     )
-    (version_dir / CARD_FILE).write_text(header + card.to_yaml(), encoding="utf-8")
-    (version_dir / "MODEL_CARD.md").write_text(render_card(metrics, card), encoding="utf-8")
-    return card
 
 
 def main(argv: list[str] | None = None) -> int:
     """Re-render both cards from ``metrics.json`` (no retraining): ``MODEL_REPOSITORY``."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m training.nodule_det.card MODEL_REPOSITORY", file=sys.stderr)
-        return 2
-    version_dir = Path(args[0]) / MODEL_NAME / MODEL_VERSION
-    metrics = json.loads((version_dir / "metrics.json").read_text(encoding="utf-8"))
-    write_cards(version_dir, metrics)
-    print(f"wrote {version_dir / CARD_FILE} and {version_dir / 'MODEL_CARD.md'}")
-    return 0
+    return common.rerender_cards(
+        argv,
+        module="training.nodule_det.card",
+        model_version_dir=lambda repository: repository / MODEL_NAME / MODEL_VERSION,
+        write=write_cards,
+    )
 
 
 if __name__ == "__main__":

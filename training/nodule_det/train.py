@@ -13,22 +13,19 @@ README.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
-import monai
 import numpy as np
 import numpy.typing as npt
-import scipy
 import torch
 from monai.losses.dice import DiceCELoss
 from monai.networks.nets.unet import UNet
 
 from node.backends.embedded import EmbeddedBackend
 from node.backends.torch import NETWORK_FILE, WEIGHTS_FILE
+from training.common import environment, weights_record
 from training.nodule_det.card import write_cards
 from training.nodule_det.data import GUARD, HELD_OUT, LIDC, load_series, training_slices
 from training.nodule_det.evaluate import evaluate
@@ -112,17 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             "final_training_loss": round(final_loss, 5),
             "training_seconds": round(train_seconds, 1),
             "total_seconds": round(time.perf_counter() - started, 1),
-            "weights_bytes": len(weights),
-            "weights_sha256": hashlib.sha256(weights).hexdigest(),
-            "parameters": sum(p.numel() for p in network.parameters()),
-            "environment": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "monai": monai.__version__,
-                "numpy": np.__version__,
-                "scipy": scipy.__version__,
-                "machine": f"{platform.machine()}, {args.threads} threads (CPU)",
-            },
+            **weights_record(weights, network),
+            "environment": environment(args.threads),
         }
     )
     write_json(version_dir / "metrics.json", metrics)
