@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +39,6 @@ pytestmark = [pytest.mark.integration]
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 #: Largest difference allowed between the embedded and the Triton outputs (issue 8).
 PARITY_ATOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
-    require_triton()
-    server = start_triton(MODEL_REPOSITORY, tmp_path_factory.mktemp("triton"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ backend's numbers (the Triton Python-backend model.py runs the same state dict /
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
@@ -13,19 +11,11 @@ from node.backends import TritonBackend
 from node.backends.embedded import EmbeddedBackend
 from node.pipelines import ct_region, nodule_det
 from tests.peers import REPO_ROOT
-from tests.triton import Triton, require_triton, start_triton
+from tests.triton import Triton
 
 pytestmark = [pytest.mark.integration]
 
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
-
-
-@pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
-    require_triton()
-    server = start_triton(MODEL_REPOSITORY, tmp_path_factory.mktemp("triton"))
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize(
